@@ -1,0 +1,1 @@
+//! Shared scenario code for the benchmarks.

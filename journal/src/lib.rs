@@ -1,0 +1,1 @@
+//! Segmented memory-mapped append-only journal (work in progress).

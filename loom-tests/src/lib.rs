@@ -1,0 +1,1 @@
+//! loom models; compiled only with `--cfg loom`.

@@ -1,0 +1,1 @@
+//! Network event loop feeding the ring (work in progress).

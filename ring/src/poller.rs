@@ -1,0 +1,73 @@
+//! [`Poller`]: a pull-style consumer for users who run their own loop.
+
+use crate::reader::{FnSink, Reader, Ready};
+use crate::sequencer::Sequencer;
+
+/// What one [`Poller::poll`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollState {
+    /// This many events were handled.
+    Events(u64),
+    /// Nothing was ready.
+    Idle,
+    /// The ring is closed and every event has been handled; nothing more will come.
+    Drained,
+    /// The ring is halted.
+    Halted,
+}
+
+/// A consumer stage without a thread: the owner calls [`poll`](Self::poll) from its own
+/// loop (a game loop, an event loop, a test).
+///
+/// A poller gates producers like any stage: a poller that is never polled stops the ring
+/// once it is full.
+pub struct Poller<E, S: Sequencer> {
+    reader: Reader<E, S>,
+}
+
+impl<E, S: Sequencer> Poller<E, S> {
+    pub(crate) fn new(reader: Reader<E, S>) -> Self {
+        Self { reader }
+    }
+
+    /// Handles every event ready now (up to the stage's maximum batch) with
+    /// `on_event(event, sequence, end_of_batch)`; never waits.
+    #[inline]
+    pub fn poll(&mut self, on_event: impl FnMut(&E, u64, bool)) -> PollState {
+        match self.reader.poll() {
+            Some(Ready::Events(end)) => {
+                PollState::Events(self.reader.handle(end, &mut FnSink(on_event)))
+            }
+            Some(Ready::Drained) => PollState::Drained,
+            Some(Ready::Halted) => PollState::Halted,
+            None => PollState::Idle,
+        }
+    }
+
+    /// Waits by the ring's wait strategy until events are ready, then handles them as
+    /// [`poll`](Self::poll) does. Returns [`PollState::Idle`] if the strategy's timeout
+    /// passes first.
+    pub fn poll_wait(&mut self, on_event: impl FnMut(&E, u64, bool)) -> PollState {
+        match self.reader.wait() {
+            Ok(Ready::Events(end)) => {
+                PollState::Events(self.reader.handle(end, &mut FnSink(on_event)))
+            }
+            Ok(Ready::Drained) => PollState::Drained,
+            Ok(Ready::Halted) => PollState::Halted,
+            Err(_) => PollState::Idle,
+        }
+    }
+
+    /// Events this poller has handled.
+    pub fn sequence(&self) -> u64 {
+        self.reader.next
+    }
+}
+
+impl<E, S: Sequencer> std::fmt::Debug for Poller<E, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poller")
+            .field("reader", &self.reader)
+            .finish()
+    }
+}

@@ -1,0 +1,386 @@
+//! [`Producer`]: claiming slots and publishing them.
+//!
+//! Every publish goes through a claim guard ([`Claim`], [`BatchClaim`]) that publishes
+//! when dropped. A panic while the slot is being written therefore still publishes the
+//! slot (holding whatever was written): stages never wait forever on a gap.
+
+use std::ops::{Deref, DerefMut, Range};
+
+use crate::core::Core;
+use crate::error::{PublishError, TryPublishError};
+use crate::sequencer::{Multi, Sequencer, Single};
+use crate::sync::{Arc, Ordering};
+
+/// Publishes events into a ring.
+///
+/// A single-producer ring ([`Single`]) has exactly one; a multi-producer ring's
+/// ([`Multi`]) can be cloned, one per publishing thread. Dropping the last producer closes
+/// the ring: stages handle everything already published, then stop, and the drop joins
+/// their threads.
+pub struct Producer<E, S: Sequencer> {
+    core: Arc<Core<E, S>>,
+    local: S::Local,
+}
+
+/// The producer of a single-producer ring.
+pub type SingleProducer<E> = Producer<E, Single>;
+/// A producer of a multi-producer ring.
+pub type MultiProducer<E> = Producer<E, Multi>;
+
+impl<E, S: Sequencer> Producer<E, S> {
+    pub(crate) fn new(core: Arc<Core<E, S>>) -> Self {
+        core.control.producers.fetch_add(1, Ordering::Relaxed);
+        let local = core.sequencer.new_local();
+        Self { core, local }
+    }
+
+    /// Number of slots in the ring.
+    pub fn capacity(&self) -> u64 {
+        self.core.slots.capacity()
+    }
+
+    /// Slots that could be claimed now without waiting.
+    pub fn remaining_capacity(&self) -> u64 {
+        let used = self.core.sequencer.claimed()
+            - self
+                .core
+                .gating_minimum()
+                .min(self.core.sequencer.claimed());
+        self.capacity().saturating_sub(used)
+    }
+
+    #[inline(always)]
+    fn check_batch(&self, n: u64) -> Result<(), (u64, u64)> {
+        if n == 0 || n > self.capacity() {
+            Err((n, self.capacity()))
+        } else {
+            Ok(())
+        }
+    }
+
+    #[inline(always)]
+    fn claim_range(&mut self, n: u64) -> Result<u64, PublishError> {
+        if self.core.is_halted() {
+            return Err(PublishError::Halted);
+        }
+        let core = &*self.core;
+        core.sequencer
+            .claim(&mut self.local, n, &core.gating, |wrap| {
+                // Wait by the ring's strategy until the slowest stage frees the slot, or
+                // the ring halts (then give up).
+                matches!(
+                    core.wait.wait(&core.notifier, None, || {
+                        if core.is_halted() {
+                            Some(false)
+                        } else if core.gating_minimum() >= wrap {
+                            Some(true)
+                        } else {
+                            None
+                        }
+                    }),
+                    Ok(true)
+                )
+            })
+            .ok_or(PublishError::Halted)
+    }
+
+    #[inline(always)]
+    fn try_claim_range(&mut self, n: u64) -> Result<u64, TryPublishError> {
+        if self.core.is_halted() {
+            return Err(TryPublishError::Halted);
+        }
+        let core = &*self.core;
+        core.sequencer
+            .try_claim(&mut self.local, n, &core.gating)
+            .ok_or(TryPublishError::Full)
+    }
+
+    /// Claims the next slot, waiting by the ring's wait strategy while the ring is full.
+    /// The slot is published when the returned guard drops.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Halted`] if the ring is halted, before or while waiting.
+    #[inline]
+    pub fn claim(&mut self) -> Result<Claim<'_, E, S>, PublishError> {
+        let sequence = self.claim_range(1)?;
+        Ok(Claim {
+            producer: self,
+            sequence,
+        })
+    }
+
+    /// Claims the next slot if there is room now; never waits.
+    ///
+    /// Claiming first and writing second is how to keep a value when the ring is full: the
+    /// value is only moved into the slot once the claim succeeded.
+    ///
+    /// # Errors
+    ///
+    /// [`TryPublishError::Full`] when the slowest stage is a whole ring behind;
+    /// [`TryPublishError::Halted`] when the ring is halted.
+    #[inline]
+    pub fn try_claim(&mut self) -> Result<Claim<'_, E, S>, TryPublishError> {
+        let sequence = self.try_claim_range(1)?;
+        Ok(Claim {
+            producer: self,
+            sequence,
+        })
+    }
+
+    /// Claims `n` consecutive slots, waiting while there is no room. They are published
+    /// together, with one cursor update, when the guard drops.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::BatchTooLarge`] when `n` is zero or exceeds the capacity;
+    /// [`PublishError::Halted`] if the ring is halted.
+    #[inline]
+    pub fn claim_batch(&mut self, n: usize) -> Result<BatchClaim<'_, E, S>, PublishError> {
+        let n = n as u64;
+        self.check_batch(n)
+            .map_err(|(requested, capacity)| PublishError::BatchTooLarge {
+                requested,
+                capacity,
+            })?;
+        let start = self.claim_range(n)?;
+        Ok(BatchClaim {
+            producer: self,
+            range: start..start + n,
+        })
+    }
+
+    /// Claims `n` consecutive slots if there is room for all of them now; never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`TryPublishError::Full`] when fewer than `n` slots are free;
+    /// [`TryPublishError::BatchTooLarge`] when `n` is zero or exceeds the capacity;
+    /// [`TryPublishError::Halted`] when the ring is halted.
+    #[inline]
+    pub fn try_claim_batch(&mut self, n: usize) -> Result<BatchClaim<'_, E, S>, TryPublishError> {
+        let n = n as u64;
+        self.check_batch(n)
+            .map_err(|(requested, capacity)| TryPublishError::BatchTooLarge {
+                requested,
+                capacity,
+            })?;
+        let start = self.try_claim_range(n)?;
+        Ok(BatchClaim {
+            producer: self,
+            range: start..start + n,
+        })
+    }
+
+    /// Writes one event with `write` and publishes it; waits while the ring is full.
+    /// Returns the event's sequence.
+    ///
+    /// If `write` panics the slot is still published (with whatever `write` left in it), so
+    /// stages do not stall on a gap; the panic then continues.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Halted`] if the ring is halted; `write` is not called.
+    #[inline]
+    pub fn publish(&mut self, write: impl FnOnce(&mut E)) -> Result<u64, PublishError> {
+        let mut claim = self.claim()?;
+        write(&mut claim);
+        Ok(claim.sequence())
+    }
+
+    /// Writes one event and publishes it if there is room now; never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`TryPublishError::Full`] or [`TryPublishError::Halted`]; `write` is not called.
+    #[inline]
+    pub fn try_publish(&mut self, write: impl FnOnce(&mut E)) -> Result<u64, TryPublishError> {
+        let mut claim = self.try_claim()?;
+        write(&mut claim);
+        Ok(claim.sequence())
+    }
+
+    /// Writes `n` events with `write(event, sequence)` and publishes them together; waits
+    /// while there is no room. Returns the sequences written.
+    ///
+    /// # Errors
+    ///
+    /// As [`claim_batch`](Self::claim_batch); `write` is not called.
+    #[inline]
+    pub fn publish_batch(
+        &mut self,
+        n: usize,
+        mut write: impl FnMut(&mut E, u64),
+    ) -> Result<Range<u64>, PublishError> {
+        let mut batch = self.claim_batch(n)?;
+        for (sequence, event) in batch.iter_mut() {
+            write(event, sequence);
+        }
+        Ok(batch.sequences())
+    }
+
+    /// Writes `n` events and publishes them together if there is room now; never waits.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_claim_batch`](Self::try_claim_batch); `write` is not called.
+    #[inline]
+    pub fn try_publish_batch(
+        &mut self,
+        n: usize,
+        mut write: impl FnMut(&mut E, u64),
+    ) -> Result<Range<u64>, TryPublishError> {
+        let mut batch = self.try_claim_batch(n)?;
+        for (sequence, event) in batch.iter_mut() {
+            write(event, sequence);
+        }
+        Ok(batch.sequences())
+    }
+
+    #[inline(always)]
+    fn publish_range(&mut self, lo: u64, hi: u64) {
+        self.core.sequencer.publish(&mut self.local, lo, hi);
+        self.core.signal();
+    }
+}
+
+impl<E> Clone for Producer<E, Multi> {
+    /// Another producer for the same ring, for another publishing thread.
+    fn clone(&self) -> Self {
+        Self::new(Arc::clone(&self.core))
+    }
+}
+
+impl<E, S: Sequencer> Drop for Producer<E, S> {
+    /// The last producer to drop closes the ring, then joins the stage threads once they
+    /// have handled everything published.
+    fn drop(&mut self) {
+        // AcqRel: the last producer acquires every other producer's publishes (released by
+        // their own decrement) before it closes the ring.
+        if self.core.control.producers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.core.close();
+            self.core.join_threads(true);
+        }
+    }
+}
+
+impl<E, S: Sequencer> std::fmt::Debug for Producer<E, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("capacity", &self.capacity())
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One claimed slot; derefs to the event and publishes it when dropped.
+///
+/// Forgetting a claim (`mem::forget`) leaves a gap that stages will wait on forever.
+pub struct Claim<'a, E, S: Sequencer> {
+    producer: &'a mut Producer<E, S>,
+    sequence: u64,
+}
+
+impl<E, S: Sequencer> Claim<'_, E, S> {
+    /// The sequence of the claimed slot.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+}
+
+impl<E, S: Sequencer> Deref for Claim<'_, E, S> {
+    type Target = E;
+    #[inline(always)]
+    fn deref(&self) -> &E {
+        // SAFETY: this producer claimed `sequence`, so no other producer writes it, and the
+        // claim waited until every gating stage passed `sequence - capacity`, so no stage
+        // reads it until it is published when this guard drops.
+        unsafe { &*self.producer.core.slots.ptr_mut(self.sequence) }
+    }
+}
+
+impl<E, S: Sequencer> DerefMut for Claim<'_, E, S> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut E {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference from the guard.
+        unsafe { &mut *self.producer.core.slots.ptr_mut(self.sequence) }
+    }
+}
+
+impl<E, S: Sequencer> Drop for Claim<'_, E, S> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let s = self.sequence;
+        self.producer.publish_range(s, s + 1);
+    }
+}
+
+impl<E: std::fmt::Debug, S: Sequencer> std::fmt::Debug for Claim<'_, E, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("sequence", &self.sequence)
+            .field("event", &**self)
+            .finish()
+    }
+}
+
+/// Consecutive claimed slots, published together (one cursor update) when dropped.
+pub struct BatchClaim<'a, E, S: Sequencer> {
+    producer: &'a mut Producer<E, S>,
+    range: Range<u64>,
+}
+
+impl<E, S: Sequencer> BatchClaim<'_, E, S> {
+    /// The claimed sequences.
+    pub fn sequences(&self) -> Range<u64> {
+        self.range.clone()
+    }
+
+    /// Number of claimed slots.
+    pub fn len(&self) -> usize {
+        (self.range.end - self.range.start) as usize
+    }
+
+    /// Always false: a batch claims at least one slot.
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// The `i`-th claimed event.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= self.len()`.
+    pub fn get_mut(&mut self, i: usize) -> &mut E {
+        assert!(i < self.len(), "index {i} out of a batch of {}", self.len());
+        let s = self.range.start + i as u64;
+        // SAFETY: `s` is in the claimed range (checked above): claimed by this producer and
+        // gated past by every stage, as for `Claim`; `&mut self` makes the borrow unique.
+        unsafe { &mut *self.producer.core.slots.ptr_mut(s) }
+    }
+
+    /// Each claimed slot with its sequence.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut E)> + '_ {
+        let slots = &self.producer.core.slots;
+        self.range.clone().map(move |s| {
+            // SAFETY: each `s` is a distinct claimed sequence (batch length <= capacity, so
+            // distinct slots); exclusivity as for `Claim`; the borrow of `self` bounds them.
+            (s, unsafe { &mut *slots.ptr_mut(s) })
+        })
+    }
+}
+
+impl<E, S: Sequencer> Drop for BatchClaim<'_, E, S> {
+    fn drop(&mut self) {
+        let Range { start, end } = self.range;
+        self.producer.publish_range(start, end);
+    }
+}
+
+impl<E, S: Sequencer> std::fmt::Debug for BatchClaim<'_, E, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchClaim")
+            .field("sequences", &self.range)
+            .finish_non_exhaustive()
+    }
+}

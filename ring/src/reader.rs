@@ -1,0 +1,143 @@
+//! [`Reader`]: the consuming half shared by stage threads and pollers.
+//!
+//! A reader owns one [`Sequence`] (events it has handled) and reads slots up to the
+//! barrier: the producer cursor for a first stage, or the slowest stage it depends on.
+
+use crate::core::Core;
+use crate::sequence::{minimum, Sequence};
+use crate::sequencer::Sequencer;
+use crate::sync::Arc;
+
+/// What a reader may do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ready {
+    /// Events `next .. end` are ready.
+    Events(u64),
+    /// The ring is closed and everything published has been handled.
+    Drained,
+    /// The ring is halted.
+    Halted,
+}
+
+/// Where a batch goes: a stage's handler, or a poller's closure.
+pub(crate) trait Sink<E> {
+    fn batch_start(&mut self, size: u64, depth: u64);
+    fn event(&mut self, event: &E, sequence: u64, end_of_batch: bool);
+}
+
+/// A poller's closure as a [`Sink`].
+pub(crate) struct FnSink<F>(pub(crate) F);
+
+impl<E, F: FnMut(&E, u64, bool)> Sink<E> for FnSink<F> {
+    #[inline(always)]
+    fn batch_start(&mut self, _size: u64, _depth: u64) {}
+    #[inline(always)]
+    fn event(&mut self, event: &E, sequence: u64, end_of_batch: bool) {
+        (self.0)(event, sequence, end_of_batch)
+    }
+}
+
+pub(crate) struct Reader<E, S> {
+    pub(crate) core: Arc<Core<E, S>>,
+    /// Stages this one is gated on; empty for a first stage (gated on the cursor).
+    deps: Box<[Arc<Sequence>]>,
+    pub(crate) sequence: Arc<Sequence>,
+    /// Next sequence to handle; equal to `sequence` between batches. Private copy so the
+    /// hot loop never reads its own shared counter.
+    pub(crate) next: u64,
+    max_batch: u64,
+}
+
+impl<E, S: Sequencer> Reader<E, S> {
+    pub(crate) fn new(
+        core: Arc<Core<E, S>>,
+        deps: Box<[Arc<Sequence>]>,
+        sequence: Arc<Sequence>,
+        max_batch: u64,
+    ) -> Self {
+        let next = sequence.get();
+        Self {
+            core,
+            deps,
+            sequence,
+            next,
+            max_batch,
+        }
+    }
+
+    /// The end of the run of events this reader may handle now.
+    #[inline(always)]
+    pub(crate) fn available(&self) -> u64 {
+        if self.deps.is_empty() {
+            self.core.sequencer.published(self.next)
+        } else {
+            // Acquire (inside `Sequence::get`): pairs with each upstream stage's Release, so
+            // what it did to the slots (an exclusive stage's writes, later) is visible.
+            minimum(&self.deps, u64::MAX)
+        }
+    }
+
+    /// One non-blocking look: events, drained, halted, or nothing yet.
+    #[inline]
+    pub(crate) fn poll(&self) -> Option<Ready> {
+        let end = self.available();
+        if end > self.next {
+            return Some(Ready::Events(end));
+        }
+        if self.core.is_halted() {
+            return Some(Ready::Halted);
+        }
+        if self.core.is_closed() {
+            // Everything published before the close is visible now: look once more.
+            let end = self.available();
+            if end > self.next {
+                return Some(Ready::Events(end));
+            }
+            if self.next >= self.core.sequencer.claimed() {
+                return Some(Ready::Drained);
+            }
+        }
+        None
+    }
+
+    /// Waits by the ring's strategy; `Err` when the strategy's timeout passed first.
+    #[inline]
+    pub(crate) fn wait(&self) -> Result<Ready, crate::wait::TimedOut> {
+        let core = &*self.core;
+        let deadline = core.wait.timeout().map(|t| std::time::Instant::now() + t);
+        core.wait.wait(&core.notifier, deadline, || self.poll())
+    }
+
+    /// Handles `next .. end` (bounded by the maximum batch) with `on_event`, after
+    /// `on_batch_start`, then advances the sequence. Returns the batch size.
+    #[inline(always)]
+    pub(crate) fn handle(&mut self, end: u64, sink: &mut impl Sink<E>) -> u64 {
+        let start = self.next;
+        let depth = end - start;
+        let stop = end.min(start.saturating_add(self.max_batch));
+        sink.batch_start(stop - start, depth);
+        let slots = &self.core.slots;
+        for s in start..stop {
+            // SAFETY: `s < end <= available()`: published (acquired through the cursor or
+            // availability word, or the upstream stages' sequences), so no producer writes it;
+            // producers cannot reclaim it until this reader's sequence passes `s`, which
+            // happens only after this loop.
+            unsafe { slots.read(s, |e| sink.event(e, s, s + 1 == stop)) };
+        }
+        self.next = stop;
+        // Release: our reads of the slots happen before a producer (or a downstream stage)
+        // acquires this value.
+        self.sequence.set(stop);
+        self.core.signal();
+        stop - start
+    }
+}
+
+impl<E, S> std::fmt::Debug for Reader<E, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("next", &self.next)
+            .field("max_batch", &self.max_batch)
+            .finish_non_exhaustive()
+    }
+}

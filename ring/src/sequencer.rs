@@ -1,0 +1,292 @@
+//! Sequencers: how producers claim slots and make them visible.
+//!
+//! Both follow the LMAX Disruptor (Thompson, Farley et al., 2011):
+//!
+//! - [`Single`]: one producer, no read-modify-write at all. The producer keeps its next
+//!   sequence and a cached copy of the slowest gating stage in its own memory, refreshing
+//!   the cache only when the ring looks full; publishing is one Release store of the cursor.
+//! - [`Multi`]: any number of producers claim with one `fetch_add` on a shared claim
+//!   counter and publish by writing a per-slot availability word. Stages never trust the
+//!   claim counter alone: they scan availability words, so a slot that is claimed but not yet
+//!   published is never read ("highest published sequence" in LMAX).
+//!
+//! Sequences count events (see [`crate::Sequence`]); a producer may claim sequence `s` only
+//! when every gating stage has handled `s - capacity`, so it never overwrites a slot a
+//! stage has not finished with.
+
+use crate::sequence::{minimum, Sequence};
+use crate::sync::{spin_loop, Arc, AtomicU64, CachePadded, Ordering};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The claim/publish protocol of a ring: [`Single`] or [`Multi`]. Sealed.
+pub trait Sequencer: sealed::Sealed + Send + Sync + Sized + 'static {
+    /// State each producer keeps in its own memory.
+    #[doc(hidden)]
+    type Local: Send + std::fmt::Debug;
+
+    #[doc(hidden)]
+    fn new(capacity: u64) -> Self;
+
+    #[doc(hidden)]
+    fn new_local(&self) -> Self::Local;
+
+    /// Claims `n` sequences if there is room without waiting; returns the first.
+    #[doc(hidden)]
+    fn try_claim(&self, local: &mut Self::Local, n: u64, gating: &[Arc<Sequence>]) -> Option<u64>;
+
+    /// Claims `n` sequences, calling `wait` (which returns `false` to give up) until there is
+    /// room. Returns the first, or `None` if `wait` gave up.
+    #[doc(hidden)]
+    fn claim(
+        &self,
+        local: &mut Self::Local,
+        n: u64,
+        gating: &[Arc<Sequence>],
+        wait: impl FnMut(u64) -> bool,
+    ) -> Option<u64>;
+
+    /// Makes `lo .. hi` visible to stages. Every sequence in the range was claimed by the caller.
+    #[doc(hidden)]
+    fn publish(&self, local: &mut Self::Local, lo: u64, hi: u64);
+
+    /// The end of the contiguous published run starting at `next` (`next` itself when
+    /// nothing past it is published).
+    #[doc(hidden)]
+    fn published(&self, next: u64) -> u64;
+
+    /// Sequences claimed so far (equals published once producers are quiescent).
+    #[doc(hidden)]
+    fn claimed(&self) -> u64;
+}
+
+/// Waits until `end - capacity <= minimum(gating)`; returns the minimum seen, or `None`
+/// if `wait` gave up.
+#[inline]
+fn wait_for_room(
+    end: u64,
+    capacity: u64,
+    gating: &[Arc<Sequence>],
+    mut wait: impl FnMut(u64) -> bool,
+) -> Option<u64> {
+    let wrap = end - capacity;
+    loop {
+        // Acquire (inside `Sequence::get`): pairs with each stage's Release store, so the
+        // stage's reads of the slot we are about to overwrite happen before our write.
+        let min = minimum(gating, u64::MAX);
+        if wrap <= min {
+            return Some(min);
+        }
+        if !wait(wrap) {
+            return None;
+        }
+    }
+}
+
+/// The single-producer sequencer: no compare-and-swap, no `fetch_add`.
+#[derive(Debug)]
+pub struct Single {
+    capacity: u64,
+    /// Published count: events `0 .. cursor` are visible. Written only by the producer.
+    cursor: Sequence,
+}
+
+/// The single producer's private state.
+#[derive(Debug)]
+pub struct SingleLocal {
+    /// Next sequence to claim; `cursor <= next <= cursor + capacity`.
+    next: u64,
+    /// A gating minimum seen earlier; stages only move forward, so it is a safe lower bound.
+    cached_gate: u64,
+}
+
+impl sealed::Sealed for Single {}
+
+impl Sequencer for Single {
+    type Local = SingleLocal;
+
+    fn new(capacity: u64) -> Self {
+        Self {
+            capacity,
+            cursor: Sequence::new(0),
+        }
+    }
+
+    fn new_local(&self) -> SingleLocal {
+        SingleLocal {
+            next: self.cursor.get_relaxed(),
+            cached_gate: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn try_claim(&self, local: &mut SingleLocal, n: u64, gating: &[Arc<Sequence>]) -> Option<u64> {
+        let start = local.next;
+        let end = start + n;
+        if end > local.cached_gate + self.capacity {
+            let min = minimum(gating, u64::MAX);
+            local.cached_gate = min;
+            if end > min + self.capacity {
+                return None;
+            }
+        }
+        local.next = end;
+        Some(start)
+    }
+
+    #[inline(always)]
+    fn claim(
+        &self,
+        local: &mut SingleLocal,
+        n: u64,
+        gating: &[Arc<Sequence>],
+        wait: impl FnMut(u64) -> bool,
+    ) -> Option<u64> {
+        let start = local.next;
+        let end = start + n;
+        if end > local.cached_gate + self.capacity {
+            local.cached_gate = wait_for_room(end, self.capacity, gating, wait)?;
+        }
+        local.next = end;
+        Some(start)
+    }
+
+    #[inline(always)]
+    fn publish(&self, _local: &mut SingleLocal, lo: u64, hi: u64) {
+        debug_assert_eq!(
+            lo,
+            self.cursor.get_relaxed(),
+            "single producer publishes in order"
+        );
+        // Release (inside `Sequence::set`): the slot writes before this store are visible to
+        // any stage that acquires the new cursor.
+        self.cursor.set(hi);
+    }
+
+    #[inline(always)]
+    fn published(&self, _next: u64) -> u64 {
+        self.cursor.get()
+    }
+
+    #[inline(always)]
+    fn claimed(&self) -> u64 {
+        self.cursor.get()
+    }
+}
+
+/// The multi-producer sequencer: claim by `fetch_add`, publish per slot.
+#[derive(Debug)]
+pub struct Multi {
+    capacity: u64,
+    mask: u64,
+    /// Claimed count: sequences `0 .. claim` have been handed to some producer.
+    claim: CachePadded<AtomicU64>,
+    /// `available[s & mask] == s + 1` once sequence `s` is published; `0` before the first
+    /// lap. A slot's word only moves forward by whole laps.
+    available: Box<[AtomicU64]>,
+}
+
+/// A multi producer's private state.
+#[derive(Debug)]
+pub struct MultiLocal {
+    /// A gating minimum seen earlier; a safe lower bound because stages only advance.
+    cached_gate: u64,
+}
+
+impl sealed::Sealed for Multi {}
+
+impl Sequencer for Multi {
+    type Local = MultiLocal;
+
+    fn new(capacity: u64) -> Self {
+        Self {
+            capacity,
+            mask: capacity - 1,
+            claim: CachePadded::new(AtomicU64::new(0)),
+            available: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn new_local(&self) -> MultiLocal {
+        MultiLocal { cached_gate: 0 }
+    }
+
+    fn try_claim(&self, local: &mut MultiLocal, n: u64, gating: &[Arc<Sequence>]) -> Option<u64> {
+        // Relaxed: the counter only hands out distinct ranges; slot ownership is established
+        // by the Acquire gating read below, not by this load.
+        let mut current = self.claim.load(Ordering::Relaxed);
+        loop {
+            let end = current + n;
+            if end > local.cached_gate + self.capacity {
+                let min = minimum(gating, u64::MAX);
+                local.cached_gate = min;
+                if end > min + self.capacity {
+                    return None;
+                }
+            }
+            // A compare-and-swap rather than `fetch_add`: we must not take sequences we
+            // have just found there is no room for.
+            match self.claim.compare_exchange_weak(
+                current,
+                end,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(current),
+                Err(actual) => {
+                    current = actual;
+                    spin_loop();
+                }
+            }
+        }
+    }
+
+    fn claim(
+        &self,
+        local: &mut MultiLocal,
+        n: u64,
+        gating: &[Arc<Sequence>],
+        wait: impl FnMut(u64) -> bool,
+    ) -> Option<u64> {
+        // Relaxed: uniqueness comes from the read-modify-write itself; the room check below
+        // acquires the gating sequences before any slot is touched.
+        let start = self.claim.fetch_add(n, Ordering::Relaxed);
+        let end = start + n;
+        if end > local.cached_gate + self.capacity {
+            local.cached_gate = wait_for_room(end, self.capacity, gating, wait)?;
+        }
+        Some(start)
+    }
+
+    #[inline]
+    fn publish(&self, _local: &mut MultiLocal, lo: u64, hi: u64) {
+        for s in lo..hi {
+            // Release: the slot write before this store is visible to a stage that acquires
+            // this availability word in `published`.
+            self.available[(s & self.mask) as usize].store(s + 1, Ordering::Release);
+        }
+    }
+
+    #[inline]
+    fn published(&self, next: u64) -> u64 {
+        // Acquire on the claim counter is not what protects slot data (the availability
+        // words are); it bounds the scan.
+        let claimed = self.claim.load(Ordering::Acquire);
+        let mut s = next;
+        while s < claimed {
+            // Acquire: pairs with the Release in `publish`, making the slot write visible.
+            if self.available[(s & self.mask) as usize].load(Ordering::Acquire) != s + 1 {
+                break;
+            }
+            s += 1;
+        }
+        s
+    }
+
+    #[inline]
+    fn claimed(&self) -> u64 {
+        self.claim.load(Ordering::Acquire)
+    }
+}

@@ -167,7 +167,9 @@ mod stage;
 mod sync;
 pub mod wait;
 
-pub use builder::{multi_producer, single_producer, Built, Ring, RingBuilder, StageBuilder, StageId};
+pub use builder::{
+    multi_producer, single_producer, Built, Ring, RingBuilder, StageBuilder, StageId,
+};
 pub use error::{BuildError, PublishError, ShutdownError, StageProgress, TryPublishError};
 pub use handler::EventHandler;
 pub use poller::{PollState, Poller};

@@ -9,7 +9,7 @@ use std::ops::{Deref, DerefMut, Range};
 use crate::core::Core;
 use crate::error::{PublishError, TryPublishError};
 use crate::sequencer::{Multi, Sequencer, Single};
-use crate::sync::{Arc, Ordering};
+use crate::sync::{mutation, Arc, Ordering};
 
 /// Publishes events into a ring.
 ///
@@ -60,7 +60,7 @@ impl<E, S: Sequencer> Producer<E, S> {
 
     #[inline(always)]
     fn claim_range(&mut self, n: u64) -> Result<u64, PublishError> {
-        if self.core.is_halted() {
+        if self.core.is_halted() && !mutation::HALT_IGNORED {
             return Err(PublishError::Halted);
         }
         let core = &*self.core;
@@ -70,7 +70,7 @@ impl<E, S: Sequencer> Producer<E, S> {
                 // the ring halts (then give up).
                 matches!(
                     core.wait.wait(&core.notifier, None, || {
-                        if core.is_halted() {
+                        if core.is_halted() && !mutation::HALT_IGNORED {
                             Some(false)
                         } else if core.gating_minimum() >= wrap {
                             Some(true)

@@ -6,7 +6,7 @@
 use crate::core::Core;
 use crate::sequence::{minimum, Sequence};
 use crate::sequencer::Sequencer;
-use crate::sync::Arc;
+use crate::sync::{mutation, Arc};
 
 /// What a reader may do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl<E, S: Sequencer> Reader<E, S> {
     /// The end of the run of events this reader may handle now.
     #[inline(always)]
     pub(crate) fn available(&self) -> u64 {
-        if self.deps.is_empty() {
+        if self.deps.is_empty() || mutation::BARRIER_IGNORES_DEPS {
             self.core.sequencer.published(self.next)
         } else {
             // Acquire (inside `Sequence::get`): pairs with each upstream stage's Release, so
@@ -88,6 +88,9 @@ impl<E, S: Sequencer> Reader<E, S> {
             return Some(Ready::Halted);
         }
         if self.core.is_closed() {
+            if mutation::CLOSE_NO_RECHECK {
+                return Some(Ready::Drained);
+            }
             // Everything published before the close is visible now: look once more.
             let end = self.available();
             if end > self.next {

@@ -5,7 +5,7 @@
 //! "events `0 .. n` are done", so a fresh sequence is `0` and no sentinel such as LMAX's
 //! `-1` is needed.
 
-use crate::sync::{AtomicU64, CachePadded, Ordering};
+use crate::sync::{mutation, AtomicU64, CachePadded, Ordering};
 
 /// A single-writer progress counter on its own cache line.
 ///
@@ -28,7 +28,12 @@ impl Sequence {
     /// write the owner made to the slots before advancing is visible to the reader.
     #[inline(always)]
     pub fn get(&self) -> u64 {
-        self.value.load(Ordering::Acquire)
+        let order = if mutation::SEQUENCE_RELAXED {
+            Ordering::Relaxed
+        } else {
+            Ordering::Acquire
+        };
+        self.value.load(order)
     }
 
     /// Advances the sequence to `value`. Release: publishes the owner's slot accesses
@@ -41,7 +46,12 @@ impl Sequence {
             value >= self.value.load(Ordering::Relaxed),
             "a sequence never goes backwards"
         );
-        self.value.store(value, Ordering::Release);
+        let order = if mutation::SEQUENCE_RELAXED {
+            Ordering::Relaxed
+        } else {
+            Ordering::Release
+        };
+        self.value.store(value, order);
     }
 
     /// Reads the sequence without synchronising; only for the owner, or for reports.

@@ -15,7 +15,7 @@
 //! stage has not finished with.
 
 use crate::sequence::{minimum, Sequence};
-use crate::sync::{spin_loop, Arc, AtomicU64, CachePadded, Ordering};
+use crate::sync::{mutation, spin_loop, Arc, AtomicU64, CachePadded, Ordering};
 
 mod sealed {
     pub trait Sealed {}
@@ -72,6 +72,9 @@ fn wait_for_room(
     mut wait: impl FnMut(u64) -> bool,
 ) -> Option<u64> {
     let wrap = end - capacity;
+    if mutation::NO_GATING {
+        return Some(wrap);
+    }
     loop {
         // Acquire (inside `Sequence::get`): pairs with each stage's Release store, so the
         // stage's reads of the slot we are about to overwrite happen before our write.
@@ -160,6 +163,11 @@ impl Sequencer for Single {
             self.cursor.get_relaxed(),
             "single producer publishes in order"
         );
+        if mutation::BATCH_PER_SLOT {
+            for s in lo + 1..hi {
+                self.cursor.set(s);
+            }
+        }
         // Release (inside `Sequence::set`): the slot writes before this store are visible to
         // any stage that acquires the new cursor.
         self.cursor.set(hi);
@@ -274,6 +282,9 @@ impl Sequencer for Multi {
         // Acquire on the claim counter is not what protects slot data (the availability
         // words are); it bounds the scan.
         let claimed = self.claim.load(Ordering::Acquire);
+        if mutation::SKIP_AVAILABILITY {
+            return claimed;
+        }
         let mut s = next;
         while s < claimed {
             // Acquire: pairs with the Release in `publish`, making the slot write visible.

@@ -182,3 +182,27 @@ impl Parker {
         }
     }
 }
+
+/// Deliberate bugs for the mutation tests of `peregrine-loom-tests`.
+///
+/// Built with `--cfg peregrine_mutation="NAME"`, one check or ordering of the ring is
+/// weakened; the loom model that guards it must then fail. Normal builds compile every
+/// switch to `false`.
+pub(crate) mod mutation {
+    /// `Sequence::set`/`get` use Relaxed instead of Release/Acquire.
+    pub(crate) const SEQUENCE_RELAXED: bool = cfg!(peregrine_mutation = "sequence_relaxed");
+    /// Producers claim without waiting for the gating stages.
+    pub(crate) const NO_GATING: bool = cfg!(peregrine_mutation = "no_gating");
+    /// Multi-producer readers trust the claim counter and skip the availability words.
+    pub(crate) const SKIP_AVAILABILITY: bool = cfg!(peregrine_mutation = "skip_availability");
+    /// The single-producer cursor advances slot by slot inside a batch publish.
+    pub(crate) const BATCH_PER_SLOT: bool = cfg!(peregrine_mutation = "batch_per_slot");
+    /// Gated stages read behind the producer cursor instead of their dependencies.
+    pub(crate) const BARRIER_IGNORES_DEPS: bool = cfg!(peregrine_mutation = "barrier_ignores_deps");
+    /// `Notifier::signal` and `Notifier::wait` drop their SeqCst fences.
+    pub(crate) const NOTIFIER_NO_FENCE: bool = cfg!(peregrine_mutation = "notifier_no_fence");
+    /// Readers stop as soon as they see the ring closed, without a last look.
+    pub(crate) const CLOSE_NO_RECHECK: bool = cfg!(peregrine_mutation = "close_no_recheck");
+    /// Producers waiting for room ignore a halt.
+    pub(crate) const HALT_IGNORED: bool = cfg!(peregrine_mutation = "halt_ignored");
+}

@@ -27,7 +27,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sync::{fence, spin_loop, AtomicUsize, CachePadded, Ordering, Parker, Woken};
+use crate::sync::{fence, mutation, spin_loop, AtomicUsize, CachePadded, Ordering, Parker, Woken};
 
 /// How spins are counted between clock reads in the phased strategy.
 const SPINS_PER_CLOCK_READ: u32 = 256;
@@ -264,7 +264,9 @@ impl Notifier {
     pub fn signal(&self) {
         // SeqCst fence: orders the caller's preceding sequence store before the waiter
         // count load, pairing with the fence in `wait` (see the module docs).
-        fence(Ordering::SeqCst);
+        if !mutation::NOTIFIER_NO_FENCE {
+            fence(Ordering::SeqCst);
+        }
         if self.waiters.load(Ordering::Relaxed) != 0 {
             self.parker.notify_all();
         }
@@ -289,7 +291,9 @@ impl Notifier {
             self.waiters.fetch_add(1, Ordering::Relaxed);
             // SeqCst fence: orders the waiter count increment before re-reading the
             // sequences inside `poll`, pairing with the fence in `signal`.
-            fence(Ordering::SeqCst);
+            if !mutation::NOTIFIER_NO_FENCE {
+                fence(Ordering::SeqCst);
+            }
             let mut found = None;
             let woken = self.parker.park(deadline, || {
                 found = poll();

@@ -1,0 +1,771 @@
+//! The single writer of a journal: configuration, durability modes, recovery on open, the
+//! append hot path (single, batched, in place) and rolling to the next segment.
+//!
+//! Hot path of one append: bounds check, copy the sequence and payload into the mapped
+//! segment, CRC32C (hardware instruction), a `Release` store of the length word, and, once
+//! every `index_block` bytes, a sparse index slot. No system call, no allocation, no page
+//! fault when the segment was pre-faulted. Rolling happens once per segment; the next segment
+//! is created, preallocated and pre-faulted by a background thread while the current one
+//! fills, so the roll itself is a header write, a seal and a `rename`.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::ops::Range;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::catalog::{self, Prepared};
+use crate::error::{AppendError, Fault, OpenError};
+use crate::format::{
+    self, align8, pack_slot, record_crc, slot_count, slot_offset, unpack_slot, SegmentHeader, Stop,
+    HEADER_LEN, RECORD_HEADER_LEN, SEAL,
+};
+use crate::map::SegmentMap;
+
+/// When appended records reach stable storage.
+///
+/// Every mode publishes a record to readers (in any process) as soon as the append returns:
+/// the bytes are in the operating system's page cache, shared by every mapping of the file.
+///
+/// | mode | survives the process being killed | survives power loss / kernel crash |
+/// |---|---|---|
+/// | `None` | every appended record | only what the kernel happened to write back, and what an explicit [`Appender::sync`] covered |
+/// | `Batch` | every appended record | every record below [`Appender::durable_watermark`]: at most `max_records` records or `max_delay` (checked on each append and by [`Appender::sync_if_due`]) are at risk; a batch append is synced before it returns |
+/// | `Always` | every appended record | every record whose append returned |
+///
+/// The cost is one `msync(MS_SYNC)` of the dirty pages per sync: microseconds on a page
+/// cache backed by NVMe with a volatile write cache, milliseconds on devices that flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// No `msync` on the hot path. Appends cost a memory copy.
+    #[default]
+    None,
+    /// Group commit: `msync` after every `max_records` records, when the oldest unsynced
+    /// record is older than `max_delay`, and at the end of every [`Appender::append_batch`].
+    Batch {
+        /// Sync once this many records are pending (at least 1).
+        max_records: u32,
+        /// Sync once the oldest pending record is this old.
+        max_delay: Duration,
+    },
+    /// `msync` after every append (and once per batch).
+    Always,
+}
+
+/// How a journal is opened for appending.
+///
+/// ```
+/// use peregrine_journal::{Config, Durability};
+/// use std::time::Duration;
+///
+/// let config = Config::default()
+///     .segment_size(64 * 1024 * 1024)
+///     .durability(Durability::Batch { max_records: 64, max_delay: Duration::from_micros(200) })
+///     .pretouch(true);
+/// assert_eq!(config.get_segment_size(), 64 * 1024 * 1024);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    segment_size: u64,
+    index_block: u32,
+    durability: Durability,
+    pretouch: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            segment_size: 64 * 1024 * 1024,
+            index_block: 4096,
+            durability: Durability::None,
+            pretouch: true,
+        }
+    }
+}
+
+impl Config {
+    /// Size of each new segment file in bytes: a multiple of 4096 between 8 KiB and 2 GiB.
+    /// Existing segments keep the size they were created with. Default 64 MiB.
+    #[must_use]
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Bytes of segment covered by one sparse index slot: a power of two, at least 64. A seek
+    /// scans at most this many bytes after its binary searches. Default 4096.
+    #[must_use]
+    pub fn index_block(mut self, bytes: u32) -> Self {
+        self.index_block = bytes;
+        self
+    }
+
+    /// The durability mode. Default [`Durability::None`].
+    #[must_use]
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Whether a background thread creates, preallocates and pre-faults the next segment
+    /// while the current one fills, keeping page faults and file creation off the append
+    /// path. Default `true`.
+    #[must_use]
+    pub fn pretouch(mut self, pretouch: bool) -> Self {
+        self.pretouch = pretouch;
+        self
+    }
+
+    /// The configured segment size.
+    pub fn get_segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    /// The configured durability mode.
+    pub fn get_durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Largest payload one record can carry with this configuration.
+    pub fn max_payload(&self) -> usize {
+        (self.segment_size - format::data_offset(self.segment_size, self.index_block)) as usize
+            - RECORD_HEADER_LEN
+    }
+
+    fn validate(&self) -> Result<(), OpenError> {
+        if !(format::MIN_SEGMENT_SIZE..=format::MAX_SEGMENT_SIZE).contains(&self.segment_size)
+            || self.segment_size % format::PAGE != 0
+        {
+            return Err(OpenError::Config(
+                "segment size must be a multiple of 4096 between 8 KiB and 2 GiB",
+            ));
+        }
+        if !self.index_block.is_power_of_two() || self.index_block < 64 {
+            return Err(OpenError::Config(
+                "index block must be a power of two of at least 64",
+            ));
+        }
+        if format::data_offset(self.segment_size, self.index_block) + 64 > self.segment_size {
+            return Err(OpenError::Config(
+                "index block too small for the segment size",
+            ));
+        }
+        if let Durability::Batch { max_records: 0, .. } = self.durability {
+            return Err(OpenError::Config("batch durability needs max_records >= 1"));
+        }
+        Ok(())
+    }
+}
+
+/// What [`Appender::open`] found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Segments in the journal after opening.
+    pub segments: usize,
+    /// Sequence of the first record still in the journal.
+    pub first_sequence: u64,
+    /// Sequence the next append gets.
+    pub next_sequence: u64,
+    /// Valid records found in the tail segment.
+    pub tail_records: u64,
+    /// Records found in the discarded torn tail. Best effort: a record whose length word
+    /// never reached the file (the usual torn write) cannot be recognised and is not counted.
+    pub discarded_records: u64,
+    /// Bytes of the torn tail that were zeroed.
+    pub discarded_bytes: u64,
+    /// Segment and offset where the discarded tail began, if anything was discarded.
+    pub discarded_at: Option<(PathBuf, u64)>,
+    /// Segments prepared ahead of a roll but never published, removed.
+    pub removed_prepared: usize,
+}
+
+/// The segment the appender writes.
+#[derive(Debug)]
+struct Active {
+    header: SegmentHeader,
+    path: PathBuf,
+    map: SegmentMap,
+    /// Kept open for the life of the mapping (not needed by `mmap`, but by diagnostics).
+    _file: File,
+}
+
+/// The single writer of a journal directory.
+///
+/// Holds the directory's lock file for its lifetime: a second `Appender::open` on the same
+/// directory, from this or another process, fails with [`OpenError::Locked`].
+///
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("pj-doc-appender-{}", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// use peregrine_journal::{Appender, Config};
+///
+/// let (mut appender, report) = Appender::open(&dir, Config::default().segment_size(64 * 1024))?;
+/// assert_eq!(report.next_sequence, 0);
+/// assert_eq!(appender.append(b"new order")?, 0);
+/// assert_eq!(appender.append_batch([b"fill".as_slice(), b"cancel"])?, 1..3);
+/// let seq = appender.append_with(8, |buf| buf.copy_from_slice(&42u64.to_le_bytes()))?;
+/// assert_eq!(seq, 3);
+/// assert_eq!(appender.sync()?, 4);
+/// # drop(appender);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Appender {
+    dir: PathBuf,
+    config: Config,
+    active: Active,
+    /// Next write offset in the active segment; 8-aligned, `<= segment_size`.
+    offset: usize,
+    next_sequence: u64,
+    /// First sparse index slot not yet filled in the active segment.
+    next_slot: usize,
+    /// log2 of the active segment's index block.
+    block_shift: u32,
+    /// Every record below this sequence has been `msync`ed.
+    durable: u64,
+    /// Offset in the active segment from which bytes have not been `msync`ed.
+    sync_from: usize,
+    pending_records: u32,
+    pending_since: Option<Instant>,
+    /// First record of a batch in progress: written but its length word not yet stored.
+    /// Stored before anything else happens, so a panic inside a batch's iterator never leaves
+    /// a hole that stops readers.
+    uncommitted: Option<(usize, u32)>,
+    /// The next segment, being prepared in the background.
+    next: Option<JoinHandle<Result<Prepared, Fault>>>,
+    /// Set while a roll is in progress; stays set if the roll failed half way.
+    failed: bool,
+    max_payload: usize,
+    _lock: File,
+}
+
+impl Appender {
+    /// Opens (creating if needed) the journal in `dir` for appending, recovering its tail.
+    ///
+    /// Recovery checks every segment header, scans the tail segment record by record
+    /// (length, sequence, CRC32C), zeroes a torn tail after the last valid record, clears
+    /// index slots that point into it, and `msync`s the tail segment, so that on return
+    /// [`durable_watermark`](Self::durable_watermark) equals
+    /// [`next_sequence`](Self::next_sequence). Segments before the tail are checked by
+    /// [`verify`](crate::verify) and by readers, not here, so opening is fast.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::Locked`] when another appender holds the journal; [`OpenError::Config`]
+    /// for an unusable configuration; [`OpenError::ForeignFile`], [`OpenError::BadHeader`]
+    /// for a directory or segment this crate did not write; [`OpenError::Io`] for failed
+    /// system calls (permission denied, disk full), each with the path involved.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: Config,
+    ) -> Result<(Appender, RecoveryReport), OpenError> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|source| OpenError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        let lock = catalog::lock(&dir)?;
+        let listing = catalog::list(&dir)?;
+        let mut report = RecoveryReport::default();
+        for path in &listing.prepared {
+            fs::remove_file(path).map_err(Fault::io(path))?;
+            report.removed_prepared += 1;
+        }
+        let durable_mode = config.durability != Durability::None;
+        let (active, tail) = match listing.segments.last() {
+            Some(last) => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&last.path)
+                    .map_err(Fault::io(&last.path))?;
+                // SAFETY: the journal lock is held, so this is the only writer; the file's
+                // length was checked against its header (see `SegmentMap`'s `# Safety`).
+                let map = unsafe { SegmentMap::new(&file) }.map_err(Fault::io(&last.path))?;
+                let mut active = Active {
+                    header: last.header,
+                    path: last.path.clone(),
+                    map,
+                    _file: file,
+                };
+                let tail = recover_tail(&mut active, &mut report)?;
+                (active, tail)
+            }
+            None => {
+                let prepared = catalog::prepare(&dir, 0, config.segment_size, config.pretouch)?;
+                let active = publish(&dir, prepared, 0, &config, durable_mode)?;
+                let tail = Tail {
+                    offset: active.header.data_offset as usize,
+                    next_sequence: 0,
+                    next_slot: 0,
+                };
+                (active, tail)
+            }
+        };
+        report.segments = listing.segments.len().max(1);
+        report.first_sequence = listing
+            .segments
+            .first()
+            .map_or(0, |s| s.header.base_sequence);
+        report.next_sequence = tail.next_sequence;
+        active
+            .map
+            .flush_range(0, active.map.bytes().len())
+            .map_err(Fault::io(&active.path))?;
+        let mut appender = Appender {
+            max_payload: config.max_payload(),
+            block_shift: active.header.index_block.trailing_zeros(),
+            dir,
+            config,
+            offset: tail.offset,
+            next_sequence: tail.next_sequence,
+            next_slot: tail.next_slot,
+            durable: tail.next_sequence,
+            sync_from: tail.offset,
+            pending_records: 0,
+            pending_since: None,
+            uncommitted: None,
+            next: None,
+            failed: false,
+            active,
+            _lock: lock,
+        };
+        appender.prepare_next();
+        Ok((appender, report))
+    }
+
+    /// Appends one record and returns its sequence. The record is visible to readers when
+    /// this returns; when it is durable depends on the [`Durability`] mode.
+    ///
+    /// # Errors
+    ///
+    /// [`AppendError::RecordTooLarge`] when the payload cannot fit in a segment;
+    /// [`AppendError::Io`] when rolling to a new segment or `msync` fails;
+    /// [`AppendError::Failed`] after an earlier failed roll.
+    #[inline]
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64, AppendError> {
+        self.append_with(payload.len(), |buf| buf.copy_from_slice(payload))
+    }
+
+    /// Appends one record of `len` bytes written in place by `fill`, which receives the
+    /// record's payload area inside the mapped segment (zeroed). Saves a copy when the
+    /// caller serialises straight into the journal.
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Self::append).
+    ///
+    /// # Panics
+    ///
+    /// If `fill` panics, nothing is published and the space is reused by the next append.
+    #[inline]
+    pub fn append_with(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<u64, AppendError> {
+        self.commit_uncommitted();
+        self.make_room(len)?;
+        let (offset, length_word) = self.write_record(len, fill);
+        self.active.map.store_u32(offset, length_word);
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.index(offset, sequence);
+        self.after_commit(1, false)?;
+        Ok(sequence)
+    }
+
+    /// Appends every payload of `payloads` as one batch and returns the range of sequences
+    /// they got. The records are published together, by one `Release` store of the first
+    /// record's length word after all of them are written, so a reader sees all or none of
+    /// them. A batch that does not fit in the rest of the segment is published in two parts,
+    /// one per segment. Under [`Durability::Batch`] and [`Durability::Always`] the batch is
+    /// synced once, before this returns.
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Self::append). Records before the failing one stay appended.
+    pub fn append_batch<I, P>(&mut self, payloads: I) -> Result<Range<u64>, AppendError>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        self.commit_uncommitted();
+        let first = self.next_sequence;
+        for payload in payloads {
+            let payload = payload.as_ref();
+            self.make_room(payload.len())?;
+            let (offset, length_word) = self.write_record(payload.len(), |buf| {
+                buf.copy_from_slice(payload);
+            });
+            if self.uncommitted.is_none() {
+                self.uncommitted = Some((offset, length_word));
+            } else {
+                self.active.map.store_u32(offset, length_word);
+            }
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
+            self.index(offset, sequence);
+        }
+        self.commit_uncommitted();
+        let count = self.next_sequence - first;
+        if count > 0 {
+            self.after_commit(u32::try_from(count).unwrap_or(u32::MAX), true)?;
+        }
+        Ok(first..self.next_sequence)
+    }
+
+    /// `msync`s everything appended so far and returns the new durable watermark.
+    ///
+    /// # Errors
+    ///
+    /// [`AppendError::Io`] when `msync` fails.
+    pub fn sync(&mut self) -> Result<u64, AppendError> {
+        self.commit_uncommitted();
+        self.flush()?;
+        Ok(self.durable)
+    }
+
+    /// Under [`Durability::Batch`], syncs when the oldest pending record is older than
+    /// `max_delay`; otherwise does nothing. Call it from an idle loop so the delay bound holds
+    /// when appends stop. Returns the durable watermark.
+    ///
+    /// # Errors
+    ///
+    /// [`AppendError::Io`] when `msync` fails.
+    pub fn sync_if_due(&mut self) -> Result<u64, AppendError> {
+        if let Durability::Batch { max_delay, .. } = self.config.durability {
+            if self.pending_since.is_some_and(|t| t.elapsed() >= max_delay) {
+                self.flush()?;
+            }
+        }
+        Ok(self.durable)
+    }
+
+    /// Every record with a sequence below this one has been `msync`ed to stable storage.
+    pub fn durable_watermark(&self) -> u64 {
+        self.durable
+    }
+
+    /// The sequence the next append gets; every record below it is visible to readers.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration this appender was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Index of the segment being written.
+    pub fn segment_index(&self) -> u64 {
+        self.active.header.index
+    }
+
+    /// Writes everything of a record but its length word at `self.offset` and advances the
+    /// offset. The caller made room and publishes the returned length word.
+    #[inline]
+    fn write_record(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> (usize, u32) {
+        let offset = self.offset;
+        let total = RECORD_HEADER_LEN + len;
+        let length_word = total as u32;
+        let sequence = self.next_sequence;
+        let bytes = &mut self.active.map.bytes_mut()[offset..offset + total];
+        bytes[8..16].copy_from_slice(&sequence.to_le_bytes());
+        let payload = &mut bytes[RECORD_HEADER_LEN..];
+        fill(payload);
+        let crc = record_crc(length_word, sequence, payload);
+        bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+        self.offset = offset + align8(total);
+        (offset, length_word)
+    }
+
+    /// Records `offset` in the sparse index when it starts a new index block. Slots skipped
+    /// by a long record get the same value, so filled slots form a sorted prefix.
+    #[inline]
+    fn index(&mut self, offset: usize, sequence: u64) {
+        let block = offset >> self.block_shift;
+        if block >= self.next_slot {
+            let value = pack_slot(offset, sequence - self.active.header.base_sequence);
+            for slot in self.next_slot..=block {
+                self.active.map.store_u64(slot_offset(slot), value);
+            }
+            self.next_slot = block + 1;
+        }
+    }
+
+    /// Ensures a record with a `len`-byte payload fits at `self.offset`, rolling if needed.
+    #[inline]
+    fn make_room(&mut self, len: usize) -> Result<(), AppendError> {
+        if self.failed {
+            return Err(AppendError::Failed);
+        }
+        if len > self.max_payload {
+            return Err(AppendError::RecordTooLarge {
+                len,
+                max: self.max_payload,
+            });
+        }
+        let need = align8(RECORD_HEADER_LEN + len);
+        if self.offset + need > self.active.map.bytes().len() {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn commit_uncommitted(&mut self) {
+        if let Some((offset, length_word)) = self.uncommitted.take() {
+            self.active.map.store_u32(offset, length_word);
+        }
+    }
+
+    #[inline]
+    fn after_commit(&mut self, records: u32, end_of_batch: bool) -> Result<(), AppendError> {
+        match self.config.durability {
+            Durability::None => Ok(()),
+            Durability::Always => self.flush(),
+            Durability::Batch {
+                max_records,
+                max_delay,
+            } => {
+                self.pending_records = self.pending_records.saturating_add(records);
+                let now = Instant::now();
+                let since = *self.pending_since.get_or_insert(now);
+                if end_of_batch
+                    || self.pending_records >= max_records
+                    || now.duration_since(since) >= max_delay
+                {
+                    self.flush()
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// `msync`s the active segment from `sync_from` to the write offset.
+    fn flush(&mut self) -> Result<(), AppendError> {
+        let end = self.offset.min(self.active.map.bytes().len());
+        if end > self.sync_from {
+            self.active
+                .map
+                .flush_range(self.sync_from, end - self.sync_from)
+                .map_err(Fault::io(&self.active.path))?;
+            // The index slots live in the first pages; they are hints, validated on use,
+            // but sync them too so a recovered journal seeks fast.
+            self.active
+                .map
+                .flush_range(0, self.active.header.data_offset as usize)
+                .map_err(Fault::io(&self.active.path))?;
+            self.sync_from = end;
+        }
+        self.durable = self.next_sequence;
+        self.pending_records = 0;
+        self.pending_since = None;
+        Ok(())
+    }
+
+    /// Starts preparing the segment after the active one in the background.
+    fn prepare_next(&mut self) {
+        if !self.config.pretouch || self.next.is_some() {
+            return;
+        }
+        let dir = self.dir.clone();
+        let index = self.active.header.index + 1;
+        let size = self.config.segment_size;
+        self.next = std::thread::Builder::new()
+            .name("journal-pretouch".into())
+            .spawn(move || catalog::prepare(&dir, index, size, true))
+            .ok();
+    }
+
+    /// Moves to the next segment: publish its header, seal the active one, rename the new one
+    /// into place. A tailer that sees the seal before the rename waits for the file.
+    #[cold]
+    fn roll(&mut self) -> Result<(), AppendError> {
+        self.failed = true;
+        self.commit_uncommitted();
+        let durable_mode = self.config.durability != Durability::None;
+        if durable_mode {
+            self.flush()?;
+        }
+        let index = self.active.header.index + 1;
+        let prepared = match self.next.take().map(JoinHandle::join) {
+            Some(Ok(Ok(prepared))) if prepared.index == index => prepared,
+            // Not prepared, or preparing failed or panicked: do it here, reporting errors.
+            _ => catalog::prepare(&self.dir, index, self.config.segment_size, false)?,
+        };
+        let size = self.active.map.bytes().len();
+        if self.offset + 4 <= size {
+            self.active.map.store_u32(self.offset, SEAL);
+            if durable_mode {
+                self.active
+                    .map
+                    .flush_range(self.offset, 4)
+                    .map_err(Fault::io(&self.active.path))?;
+            }
+        }
+        let active = publish(
+            &self.dir,
+            prepared,
+            self.next_sequence,
+            &self.config,
+            durable_mode,
+        )?;
+        self.block_shift = active.header.index_block.trailing_zeros();
+        self.offset = active.header.data_offset as usize;
+        self.sync_from = self.offset;
+        self.next_slot = 0;
+        self.active = active;
+        self.failed = false;
+        self.prepare_next();
+        Ok(())
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        self.commit_uncommitted();
+        if self.config.durability != Durability::None {
+            // Errors cannot be reported from drop; call `sync` first to see them.
+            let _ = self.flush();
+        }
+        if let Some(handle) = self.next.take() {
+            // The prepared file stays as `.seg.pre`; the next open removes it.
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Writes the header of a prepared segment and renames it to its published name.
+fn publish(
+    dir: &Path,
+    mut prepared: Prepared,
+    base_sequence: u64,
+    config: &Config,
+    durable_mode: bool,
+) -> Result<Active, Fault> {
+    let size = prepared.map.bytes().len() as u64;
+    let header = SegmentHeader {
+        index: prepared.index,
+        base_sequence,
+        segment_size: size,
+        data_offset: format::data_offset(size, config.index_block) as u32,
+        index_block: config.index_block,
+        created_nanos: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    };
+    prepared.map.bytes_mut()[..HEADER_LEN].copy_from_slice(&header.encode());
+    if durable_mode {
+        prepared
+            .map
+            .flush_range(0, HEADER_LEN)
+            .map_err(Fault::io(&prepared.path))?;
+    }
+    let path = dir.join(format::segment_name(prepared.index));
+    fs::rename(&prepared.path, &path).map_err(Fault::io(&path))?;
+    if durable_mode {
+        catalog::sync_dir(dir)?;
+    }
+    Ok(Active {
+        header,
+        path,
+        map: prepared.map,
+        _file: prepared.file,
+    })
+}
+
+/// Where appending resumes in the tail segment.
+#[derive(Debug)]
+struct Tail {
+    offset: usize,
+    next_sequence: u64,
+    next_slot: usize,
+}
+
+/// Scans the tail segment, zeroes a torn tail and stale index slots, and says where to resume.
+fn recover_tail(active: &mut Active, report: &mut RecoveryReport) -> Result<Tail, Fault> {
+    let header = active.header;
+    let size = active.map.bytes().len();
+    let map = &active.map;
+    let scanned = format::scan(
+        map.bytes(),
+        |at| map.load_u32(at),
+        header.data_offset as usize,
+        header.base_sequence,
+        |_, _| report.tail_records += 1,
+    );
+    let (offset, sequence) = (scanned.offset, scanned.sequence);
+    let sealed = scanned.stop == Stop::Sealed;
+    let end = if sealed {
+        // A roll stopped between sealing this segment and publishing the next: the first
+        // append rolls again.
+        size
+    } else {
+        offset
+    };
+    if !sealed {
+        let bytes = active.map.bytes();
+        let last_nonzero = bytes[offset..]
+            .chunks(8)
+            .rposition(|chunk| chunk.iter().any(|&b| b != 0));
+        if let Some(chunk) = last_nonzero {
+            let garbage_end = (offset + (chunk + 1) * 8).min(size);
+            report.discarded_records = count_headers(bytes, offset, garbage_end);
+            report.discarded_bytes = (garbage_end - offset) as u64;
+            report.discarded_at = Some((active.path.clone(), offset as u64));
+            active.map.bytes_mut()[offset..garbage_end].fill(0);
+        }
+    }
+    // Index slots form a sorted prefix; drop any that point at or past the end.
+    let slots = slot_count(header.segment_size, header.index_block);
+    let mut next_slot = slots;
+    for slot in 0..slots {
+        let value = active.map.load_u64(slot_offset(slot));
+        let (slot_at, _) = unpack_slot(value);
+        if value == 0 || slot_at >= end || slot_at < header.data_offset as usize {
+            next_slot = slot;
+            break;
+        }
+    }
+    for slot in next_slot..slots {
+        if active.map.load_u64(slot_offset(slot)) != 0 {
+            active.map.store_u64(slot_offset(slot), 0);
+        }
+    }
+    Ok(Tail {
+        offset: end,
+        next_sequence: sequence,
+        next_slot,
+    })
+}
+
+/// Counts plausible record headers from `from` (best effort, for the recovery report).
+fn count_headers(bytes: &[u8], from: usize, to: usize) -> u64 {
+    let mut at = from;
+    let mut count = 0;
+    while at + RECORD_HEADER_LEN <= to {
+        let word = format::read_u32(bytes, at) as usize;
+        if word < RECORD_HEADER_LEN || word == SEAL as usize || word > to - at {
+            break;
+        }
+        count += 1;
+        at += align8(word);
+    }
+    count
+}

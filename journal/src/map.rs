@@ -1,0 +1,215 @@
+//! Memory-mapped segment files. This module owns every raw-pointer access to mapped memory:
+//! the atomic length words that publish records, the atomic index slots, page pre-faulting
+//! and `msync`. The rest of the crate uses the safe methods below.
+//!
+//! Publication protocol (the same one Chronicle Queue and Aeron use for their logs): the
+//! appender writes a record's sequence, checksum and payload with plain stores, then stores
+//! its length word with `Release`. A reader loads the length word with `Acquire`; a non-zero
+//! value makes every byte written before that store visible, in this process or in any other
+//! process that maps the same file, because both mappings share the same physical pages.
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
+
+/// A writable shared mapping of a whole segment file, used by the single appender.
+///
+/// # Safety
+///
+/// A segment file is shared state outside Rust's control: readers in other processes map it,
+/// and any process with permission may write to it or truncate it. Creating a mapping is
+/// therefore `unsafe`, and the caller of [`SegmentMap::new`] or [`SegmentView::new`] must
+/// uphold what the compiler cannot check:
+///
+/// - the file is not truncated while mapped (an access past the new end raises `SIGBUS`);
+///   the journal itself never shrinks a segment file;
+/// - bytes may be changed by another process at any time; this crate only trusts bytes that
+///   a `Release` store of a length word published, re-validates them with a CRC, and never
+///   derives a memory access from them without a bounds check;
+/// - only the single appender (enforced by the journal's lock file) writes record bytes.
+///
+/// Under those rules the bytes behave like memory that another thread of this process writes
+/// before a `Release` store, which is what the atomics below synchronise with.
+#[derive(Debug)]
+pub(crate) struct SegmentMap {
+    map: MmapMut,
+}
+
+impl SegmentMap {
+    /// Maps `file` read-write and shared.
+    ///
+    /// # Safety
+    ///
+    /// See the type-level `# Safety` section of [`SegmentMap`].
+    pub(crate) unsafe fn new(file: &File) -> io::Result<Self> {
+        // SAFETY: the caller upholds the contract in the type-level `# Safety` section.
+        let map = unsafe { MmapOptions::new().map_mut(file)? };
+        Ok(Self { map })
+    }
+
+    /// The whole segment.
+    #[inline]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// The whole segment, writable.
+    #[inline]
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+
+    /// Publishes a length word with `Release`: pairs with the `Acquire` load in
+    /// [`SegmentView::load_u32`] (and [`SegmentMap::load_u32`]), so a reader that sees the
+    /// value also sees the record bytes written before this call.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `offset` is not 4-byte aligned or not inside the segment.
+    #[inline]
+    pub(crate) fn store_u32(&mut self, offset: usize, value: u32) {
+        assert!(offset % 4 == 0 && offset + 4 <= self.map.len());
+        let ptr = self.map.as_mut_ptr().wrapping_add(offset).cast::<u32>();
+        // SAFETY: `ptr` is 4-byte aligned (the mapping is page aligned and `offset % 4 == 0`),
+        // inside the mapping (checked above) and valid for reads and writes for as long as
+        // `self` lives; other accesses to this word are atomic (loads in readers) or happen
+        // through `&mut self`, so there is no mixed-size race with Rust code of this process.
+        let word = unsafe { AtomicU32::from_ptr(ptr) };
+        word.store(value, Ordering::Release);
+    }
+
+    /// Loads a length word with `Acquire`; pairs with [`SegmentMap::store_u32`].
+    ///
+    /// # Panics
+    ///
+    /// Panics if `offset` is not 4-byte aligned or not inside the segment.
+    #[inline]
+    pub(crate) fn load_u32(&self, offset: usize) -> u32 {
+        load_u32(&self.map, offset)
+    }
+
+    /// Publishes a sparse index slot with `Release`, after the record it points to; pairs
+    /// with the `Acquire` load in [`SegmentView::load_u64`].
+    ///
+    /// # Panics
+    ///
+    /// Panics if `offset` is not 8-byte aligned or not inside the segment.
+    #[inline]
+    pub(crate) fn store_u64(&mut self, offset: usize, value: u64) {
+        assert!(offset % 8 == 0 && offset + 8 <= self.map.len());
+        let ptr = self.map.as_mut_ptr().wrapping_add(offset).cast::<u64>();
+        // SAFETY: as in `store_u32`, with 8-byte alignment checked above.
+        let word = unsafe { AtomicU64::from_ptr(ptr) };
+        word.store(value, Ordering::Release);
+    }
+
+    /// Loads an index slot with `Acquire`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `offset` is not 8-byte aligned or not inside the segment.
+    #[inline]
+    pub(crate) fn load_u64(&self, offset: usize) -> u64 {
+        load_u64(&self.map, offset)
+    }
+
+    /// `msync(MS_SYNC)` of the pages covering `offset .. offset + len`.
+    pub(crate) fn flush_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.map.flush_range(offset, len)
+    }
+
+    /// Faults every page in for writing so that appends do not take page faults.
+    /// Uses `MADV_POPULATE_WRITE` (Linux 5.14+) and falls back to touching one byte per page.
+    pub(crate) fn prefault(&mut self) {
+        if self.map.advise(Advice::PopulateWrite).is_ok() {
+            return;
+        }
+        let len = self.map.len();
+        let base = self.map.as_mut_ptr();
+        let mut at = 0;
+        while at < len {
+            // SAFETY: `at < len`, so the byte is inside the mapping; the segment was just
+            // created by this process and nobody else writes it yet; writing back the value
+            // just read changes nothing but forces a write fault on the page.
+            unsafe {
+                let p = base.add(at);
+                p.write_volatile(p.read_volatile());
+            }
+            at += 4096;
+        }
+    }
+}
+
+/// A read-only shared mapping of a whole segment file, used by readers, tailers and `verify`.
+///
+/// See the `# Safety` section of [`SegmentMap`]: the same contract applies.
+#[derive(Debug)]
+pub(crate) struct SegmentView {
+    map: Mmap,
+}
+
+impl SegmentView {
+    /// Maps `file` read-only and shared.
+    ///
+    /// # Safety
+    ///
+    /// See the type-level `# Safety` section of [`SegmentMap`].
+    pub(crate) unsafe fn new(file: &File) -> io::Result<Self> {
+        // SAFETY: the caller upholds the contract in `SegmentMap`'s `# Safety` section.
+        let map = unsafe { MmapOptions::new().map(file)? };
+        Ok(Self { map })
+    }
+
+    /// The whole segment.
+    #[inline]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Loads a length word with `Acquire`; pairs with [`SegmentMap::store_u32`] in the
+    /// appender (possibly in another process).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `offset` is not 4-byte aligned or not inside the segment.
+    #[inline]
+    pub(crate) fn load_u32(&self, offset: usize) -> u32 {
+        load_u32(&self.map, offset)
+    }
+
+    /// Loads an index slot with `Acquire`; pairs with [`SegmentMap::store_u64`].
+    ///
+    /// # Panics
+    ///
+    /// Panics if `offset` is not 8-byte aligned or not inside the segment.
+    #[inline]
+    pub(crate) fn load_u64(&self, offset: usize) -> u64 {
+        load_u64(&self.map, offset)
+    }
+}
+
+#[inline]
+fn load_u32(bytes: &[u8], offset: usize) -> u32 {
+    assert!(offset % 4 == 0 && offset + 4 <= bytes.len());
+    let ptr = bytes.as_ptr().wrapping_add(offset).cast::<AtomicU32>();
+    // SAFETY: `ptr` is aligned (page-aligned mapping, `offset % 4 == 0`) and in bounds (checked
+    // above) for the lifetime of `bytes`. A plain atomic `load` of a lock-free size is allowed
+    // even on read-only memory (std::sync::atomic, "Atomic accesses to read-only memory"), and
+    // the only writer of this word stores it atomically.
+    let word = unsafe { &*ptr };
+    word.load(Ordering::Acquire)
+}
+
+#[inline]
+fn load_u64(bytes: &[u8], offset: usize) -> u64 {
+    assert!(offset % 8 == 0 && offset + 8 <= bytes.len());
+    let ptr = bytes.as_ptr().wrapping_add(offset).cast::<AtomicU64>();
+    // SAFETY: as in `load_u32`, with 8-byte alignment checked above.
+    let word = unsafe { &*ptr };
+    word.load(Ordering::Acquire)
+}

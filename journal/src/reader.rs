@@ -1,0 +1,523 @@
+//! Reading a journal: replay from any sequence ([`Reader`]), live tailing ([`Tailer`]) and a
+//! full consistency check ([`verify`]).
+//!
+//! A reader maps segments read-only with its own file handle, so it needs only read
+//! permission, never blocks the appender, and keeps reading a segment that retention unlinks
+//! (on Linux an unlinked file lives until its last mapping and descriptor are gone).
+//!
+//! Seeking is O(log n): a binary search over the segments' base sequences, a binary search
+//! over the segment's sparse index (one slot per `index_block` bytes, each the offset and
+//! sequence of the first record starting in that block or later), then a scan of at most one
+//! index block.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::catalog::{self, SegmentEntry};
+use crate::error::{Fault, OpenError, ReadError};
+use crate::format::{
+    self, align8, slot_count, slot_offset, unpack_slot, Step, Stop, RECORD_HEADER_LEN,
+};
+use crate::map::SegmentView;
+
+/// One record read from the journal, borrowing its payload from the mapped segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    sequence: u64,
+    payload: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// The record's sequence: its position in the journal, counting from 0.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The record's payload, verified against its CRC32C.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+}
+
+/// A segment a reader has mapped.
+#[derive(Debug)]
+struct OpenSegment {
+    path: PathBuf,
+    header: format::SegmentHeader,
+    view: SegmentView,
+}
+
+impl OpenSegment {
+    /// Opens and maps a published segment; `Ok(None)` when the file does not exist.
+    fn open(path: PathBuf) -> Result<Option<OpenSegment>, Fault> {
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Fault::Io(path, e)),
+        };
+        let header = catalog::read_header_of(&file, &path)?;
+        // SAFETY: read-only mapping of a segment whose length matches its header; see
+        // `SegmentMap`'s `# Safety` for the contract on files shared with other processes.
+        let view = unsafe { SegmentView::new(&file) }.map_err(Fault::io(&path))?;
+        if view.bytes().len() as u64 != header.segment_size {
+            return Err(Fault::BadHeader(
+                path,
+                32,
+                "segment size changed while opening",
+            ));
+        }
+        Ok(Some(OpenSegment { path, header, view }))
+    }
+
+    /// Offset and sequence of a record at or before `target` from which a scan reaches
+    /// `target` within one index block; falls back to the first record when the index is
+    /// empty or does not check out.
+    fn locate(&self, target: u64) -> (usize, u64) {
+        let header = &self.header;
+        let start = (header.data_offset as usize, header.base_sequence);
+        let Some(delta) = target.checked_sub(header.base_sequence) else {
+            return start;
+        };
+        let slots = slot_count(header.segment_size, header.index_block);
+        let slot = |i: usize| self.view.load_u64(slot_offset(i));
+        let filled = partition_point(slots, |i| slot(i) != 0);
+        let k = partition_point(filled, |i| unpack_slot(slot(i)).1 <= delta);
+        if k == 0 {
+            return start;
+        }
+        let (offset, slot_delta) = unpack_slot(slot(k - 1));
+        let bytes = self.view.bytes();
+        let plausible = offset >= header.data_offset as usize
+            && offset % 8 == 0
+            && offset + RECORD_HEADER_LEN <= bytes.len();
+        if !plausible {
+            return start;
+        }
+        let sequence = header.base_sequence + slot_delta;
+        match format::step(bytes, offset, self.view.load_u32(offset), sequence) {
+            Step::Record { .. } => (offset, sequence),
+            _ => start,
+        }
+    }
+}
+
+/// First index in `0..n` for which `pred` is false, given `pred` is true then false.
+fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// Replays a journal from any sequence, in order, verifying every record's CRC.
+///
+/// [`next`](Reader::next) returns `Ok(None)` when it has caught up with the appender; calling
+/// it again later returns records appended since, including across segment rolls and from
+/// another process. [`Tailer`] adds waiting on top.
+///
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("pj-doc-reader-{}", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// use peregrine_journal::{Appender, Config, Reader};
+///
+/// let (mut appender, _) = Appender::open(&dir, Config::default().segment_size(64 * 1024))?;
+/// for i in 0..1000u32 {
+///     appender.append(&i.to_le_bytes())?;
+/// }
+/// let mut reader = Reader::open(&dir)?;
+/// reader.seek(990)?;
+/// let mut seen = Vec::new();
+/// while let Some(record) = reader.next()? {
+///     seen.push(u32::from_le_bytes(record.payload().try_into()?));
+/// }
+/// assert_eq!(seen, (990..1000).collect::<Vec<_>>());
+/// # drop(appender);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Reader {
+    dir: PathBuf,
+    current: Option<OpenSegment>,
+    /// Offset of the next record in `current`.
+    offset: usize,
+    /// Sequence of the record at `offset`.
+    sequence: u64,
+    /// Records below this sequence are skipped (the target of the last seek).
+    skip_below: u64,
+    /// A record found by [`Reader::ready`] and not yet returned: (offset, length word, sequence).
+    peeked: Option<(usize, usize, u64)>,
+}
+
+impl Reader {
+    /// Opens the journal in `dir` for reading, positioned at its first record. The directory
+    /// may be empty or missing (the appender has not started yet): the reader then waits for
+    /// the first segment.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::ForeignFile`] and [`OpenError::BadHeader`] when the directory or a
+    /// segment was not written by this crate; [`OpenError::Io`] for failed system calls.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Reader, OpenError> {
+        let dir = dir.as_ref().to_path_buf();
+        let listing = catalog::list(&dir)?;
+        let first = listing
+            .segments
+            .first()
+            .map_or(0, |s| s.header.base_sequence);
+        Ok(Reader {
+            dir,
+            current: None,
+            offset: 0,
+            sequence: first,
+            skip_below: 0,
+            peeked: None,
+        })
+    }
+
+    /// Positions the reader so that the next record returned is `sequence` (or, when it is
+    /// not written yet, the first record at or after it once it is).
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::SequenceRemoved`] when retention removed `sequence`; the errors of
+    /// [`Reader::open`] for segments examined on the way.
+    pub fn seek(&mut self, sequence: u64) -> Result<(), ReadError> {
+        self.current = None;
+        self.peeked = None;
+        self.skip_below = sequence;
+        self.sequence = sequence;
+        self.open_for(sequence)?;
+        Ok(())
+    }
+
+    /// The sequence of the next record this reader returns.
+    pub fn position(&self) -> u64 {
+        match self.peeked {
+            Some((_, _, sequence)) => sequence,
+            None => self.sequence.max(self.skip_below),
+        }
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The next record, or `Ok(None)` when the reader has caught up with the appender.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Corrupt`] naming the segment and offset of a committed record that fails
+    /// validation; [`ReadError::SequenceRemoved`] when retention removed the next segment
+    /// before the reader reached it; [`ReadError::BadHeader`] and [`ReadError::Io`] for the
+    /// next segment. After an error the reader stays where it was.
+    #[allow(clippy::should_implement_trait)] // lends from `self`, so not an `Iterator`
+    pub fn next(&mut self) -> Result<Option<Record<'_>>, ReadError> {
+        let found = match self.peeked.take() {
+            Some(found) => Some(found),
+            None => self.advance()?,
+        };
+        Ok(found.map(|(offset, len, sequence)| {
+            let current = self.current.as_ref().expect("a found record has a segment");
+            Record {
+                sequence,
+                payload: &current.view.bytes()[offset + RECORD_HEADER_LEN..offset + len],
+            }
+        }))
+    }
+
+    /// Whether a record is ready, without returning it: the next [`next`](Reader::next)
+    /// returns it without further checks.
+    ///
+    /// # Errors
+    ///
+    /// As [`next`](Reader::next).
+    pub fn ready(&mut self) -> Result<bool, ReadError> {
+        if self.peeked.is_none() {
+            self.peeked = self.advance()?;
+        }
+        Ok(self.peeked.is_some())
+    }
+
+    /// Finds the next record: (offset, length word, sequence).
+    fn advance(&mut self) -> Result<Option<(usize, usize, u64)>, ReadError> {
+        loop {
+            if self.current.is_none() && !self.open_for(self.sequence)? {
+                return Ok(None);
+            }
+            let current = self.current.as_ref().expect("opened above");
+            let bytes = current.view.bytes();
+            let offset = self.offset;
+            let step = if offset + 4 > bytes.len() {
+                Step::Sealed
+            } else {
+                format::step(bytes, offset, current.view.load_u32(offset), self.sequence)
+            };
+            match step {
+                Step::Record { len } => {
+                    self.offset += align8(len);
+                    let sequence = self.sequence;
+                    self.sequence += 1;
+                    if sequence >= self.skip_below {
+                        return Ok(Some((offset, len, sequence)));
+                    }
+                }
+                Step::End => return Ok(None),
+                Step::Invalid(reason) => {
+                    return Err(ReadError::Corrupt {
+                        path: current.path.clone(),
+                        offset: offset as u64,
+                        reason,
+                    })
+                }
+                Step::Sealed => {
+                    let index = current.header.index + 1;
+                    let path = self.dir.join(format::segment_name(index));
+                    match OpenSegment::open(path.clone())? {
+                        Some(next) => {
+                            if next.header.base_sequence != self.sequence {
+                                return Err(ReadError::BadHeader {
+                                    path,
+                                    offset: 24,
+                                    reason: "base sequence does not continue previous segment",
+                                });
+                            }
+                            self.offset = next.header.data_offset as usize;
+                            self.current = Some(next);
+                        }
+                        None => {
+                            // Either the appender is between sealing and publishing (wait), or
+                            // retention removed the segment (an error).
+                            let listing = catalog::list(&self.dir)?;
+                            if let Some(first) = listing.segments.first() {
+                                if first.header.index > index {
+                                    return Err(ReadError::SequenceRemoved {
+                                        sequence: self.sequence,
+                                        first_available: first.header.base_sequence,
+                                    });
+                                }
+                            }
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens the segment holding `sequence` and positions at or just before it with the
+    /// sparse index. `Ok(false)` when the journal has no segment yet.
+    fn open_for(&mut self, sequence: u64) -> Result<bool, ReadError> {
+        let listing = catalog::list(&self.dir)?;
+        let segments: &[SegmentEntry] = &listing.segments;
+        let Some(first) = segments.first() else {
+            return Ok(false);
+        };
+        let at = segments.partition_point(|s| s.header.base_sequence <= sequence);
+        if at == 0 {
+            return Err(ReadError::SequenceRemoved {
+                sequence,
+                first_available: first.header.base_sequence,
+            });
+        }
+        let Some(segment) = OpenSegment::open(segments[at - 1].path.clone())? else {
+            // Removed between listing and opening: retention moved past it.
+            return Err(ReadError::SequenceRemoved {
+                sequence,
+                first_available: segments
+                    .get(at)
+                    .map_or(sequence, |s| s.header.base_sequence),
+            });
+        };
+        let (offset, found) = segment.locate(sequence);
+        self.offset = offset;
+        self.sequence = found;
+        self.current = Some(segment);
+        Ok(true)
+    }
+}
+
+/// Follows a journal live: a [`Reader`] that waits for new records, spinning briefly, then
+/// yielding, then sleeping, so an idle tailer costs little CPU and a busy one reacts in well
+/// under a microsecond. Works across processes: the appender's `Release` store of each length
+/// word is visible through the tailer's own mapping of the same file.
+///
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("pj-doc-tailer-{}", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// use peregrine_journal::{Appender, Config, Tailer};
+/// use std::time::Duration;
+///
+/// let (mut appender, _) = Appender::open(&dir, Config::default().segment_size(64 * 1024))?;
+/// let mut tailer = Tailer::open(&dir, 0)?;
+/// assert!(tailer.next_timeout(Duration::from_millis(1))?.is_none());
+/// appender.append(b"tick")?;
+/// let record = tailer.next_timeout(Duration::from_secs(1))?.expect("appended");
+/// assert_eq!((record.sequence(), record.payload()), (0, &b"tick"[..]));
+/// # drop(appender);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Tailer {
+    reader: Reader,
+}
+
+impl Tailer {
+    /// Opens a tailer on `dir` that starts at sequence `from`.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`Reader::open`], and [`OpenError::Io`] wrapping a seek error.
+    pub fn open(dir: impl AsRef<Path>, from: u64) -> Result<Tailer, OpenError> {
+        let mut reader = Reader::open(dir)?;
+        reader.seek(from).map_err(|e| OpenError::Io {
+            path: reader.dir().to_path_buf(),
+            source: io::Error::other(e),
+        })?;
+        Ok(Tailer { reader })
+    }
+
+    /// A tailer continuing from where `reader` is.
+    pub fn from_reader(reader: Reader) -> Tailer {
+        Tailer { reader }
+    }
+
+    /// The next record if one is ready; never waits.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reader::next`].
+    pub fn try_next(&mut self) -> Result<Option<Record<'_>>, ReadError> {
+        self.reader.next()
+    }
+
+    /// The next record, waiting up to `timeout` for it; `Ok(None)` on timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`Reader::next`].
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Record<'_>>, ReadError> {
+        let start = Instant::now();
+        let mut idle = 0u32;
+        while !self.reader.ready()? {
+            if start.elapsed() >= timeout {
+                return Ok(None);
+            }
+            idle = idle.saturating_add(1);
+            if idle < 256 {
+                std::hint::spin_loop();
+            } else if idle < 512 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        self.reader.next()
+    }
+
+    /// The sequence of the next record this tailer returns.
+    pub fn position(&self) -> u64 {
+        self.reader.position()
+    }
+
+    /// The underlying reader.
+    pub fn into_reader(self) -> Reader {
+        self.reader
+    }
+}
+
+/// What [`verify`] checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Segments checked.
+    pub segments: usize,
+    /// Records checked (CRC, sequence, bounds).
+    pub records: u64,
+    /// Bytes of records, headers included, padding excluded.
+    pub record_bytes: u64,
+    /// Sequence of the first record.
+    pub first_sequence: u64,
+    /// Sequence after the last record.
+    pub next_sequence: u64,
+}
+
+/// Checks every record of every segment: headers, contiguous segment indices and sequences,
+/// each record's bounds, sequence and CRC32C, and that every segment but the last is sealed.
+/// When no appender holds the journal, also checks that the last segment has no torn tail
+/// left to recover (garbage after its last record). Reads only; repairs nothing (opening an
+/// [`Appender`](crate::Appender) repairs a torn tail).
+///
+/// # Errors
+///
+/// The first problem found, as [`OpenError::Corrupt`] or [`OpenError::BadHeader`] naming the
+/// segment and offset, or the errors of [`Reader::open`].
+pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
+    let dir = dir.as_ref();
+    let writer_active = catalog::appender_active(dir);
+    let listing = catalog::list(dir)?;
+    let mut report = VerifyReport {
+        segments: listing.segments.len(),
+        ..VerifyReport::default()
+    };
+    let mut expected = listing.segments.first().map(|s| s.header.base_sequence);
+    report.first_sequence = expected.unwrap_or(0);
+    let last = listing.segments.len().saturating_sub(1);
+    for (i, entry) in listing.segments.iter().enumerate() {
+        let Some(segment) = OpenSegment::open(entry.path.clone())? else {
+            return Err(OpenError::Io {
+                path: entry.path.clone(),
+                source: io::ErrorKind::NotFound.into(),
+            });
+        };
+        let header = segment.header;
+        if Some(header.base_sequence) != expected {
+            return Err(OpenError::BadHeader {
+                path: segment.path,
+                offset: 24,
+                reason: "base sequence does not continue previous segment",
+            });
+        }
+        let bytes = segment.view.bytes();
+        let end = format::scan(
+            bytes,
+            |at| segment.view.load_u32(at),
+            header.data_offset as usize,
+            header.base_sequence,
+            |_, len| {
+                report.records += 1;
+                report.record_bytes += len as u64;
+            },
+        );
+        let corrupt = |offset: usize, reason| OpenError::Corrupt {
+            path: segment.path.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        match end.stop {
+            Stop::Invalid(reason) => return Err(corrupt(end.offset, reason)),
+            Stop::End if i != last => {
+                return Err(corrupt(end.offset, "unsealed segment before the tail"))
+            }
+            Stop::End if !writer_active => {
+                if let Some(at) = bytes[end.offset..].iter().position(|&b| b != 0) {
+                    return Err(corrupt(end.offset + at, "torn tail not yet recovered"));
+                }
+            }
+            Stop::End | Stop::Sealed => {}
+        }
+        expected = Some(end.sequence);
+    }
+    report.next_sequence = expected.unwrap_or(0);
+    Ok(report)
+}

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::catalog::{self, Prepared};
 use crate::error::{AppendError, Fault, OpenError};
 use crate::format::{
-    self, align8, pack_slot, record_crc, slot_count, slot_offset, unpack_slot, SegmentHeader, Stop,
-    HEADER_LEN, RECORD_HEADER_LEN, SEAL,
+    self, align8, pack_slot, record_crc, slot_count, slot_offset, unpack_slot, SegmentHeader, Step,
+    Stop, HEADER_LEN, RECORD_HEADER_LEN, SEAL,
 };
 use crate::map::SegmentMap;
 
@@ -726,7 +726,7 @@ fn recover_tail(active: &mut Active, report: &mut RecoveryReport) -> Result<Tail
             .rposition(|chunk| chunk.iter().any(|&b| b != 0));
         if let Some(chunk) = last_nonzero {
             let garbage_end = (offset + (chunk + 1) * 8).min(size);
-            report.discarded_records = count_headers(bytes, offset, garbage_end);
+            report.discarded_records = count_records(bytes, offset, garbage_end, sequence);
             report.discarded_bytes = (garbage_end - offset) as u64;
             report.discarded_at = Some((active.path.clone(), offset as u64));
             active.map.bytes_mut()[offset..garbage_end].fill(0);
@@ -755,17 +755,26 @@ fn recover_tail(active: &mut Active, report: &mut RecoveryReport) -> Result<Tail
     })
 }
 
-/// Counts plausible record headers from `from` (best effort, for the recovery report).
-fn count_headers(bytes: &[u8], from: usize, to: usize) -> u64 {
+/// Counts the records that can still be recognised in a discarded tail, for the recovery
+/// report: any 8-aligned position holding a length, a sequence not before `sequence` and a
+/// matching CRC. A torn batch (first length word missing) still counts its later records.
+fn count_records(bytes: &[u8], from: usize, to: usize, sequence: u64) -> u64 {
     let mut at = from;
     let mut count = 0;
     while at + RECORD_HEADER_LEN <= to {
-        let word = format::read_u32(bytes, at) as usize;
-        if word < RECORD_HEADER_LEN || word == SEAL as usize || word > to - at {
-            break;
+        let word = format::read_u32(bytes, at);
+        let len = word as usize;
+        let found = len >= RECORD_HEADER_LEN && word != SEAL && len <= to - at && {
+            let seq = format::read_u64(bytes, at + 8);
+            seq.wrapping_sub(sequence) < (1 << 32)
+                && matches!(format::step(bytes, at, word, seq), Step::Record { .. })
+        };
+        if found {
+            count += 1;
+            at += align8(len);
+        } else {
+            at += 8;
         }
-        count += 1;
-        at += align8(word);
     }
     count
 }

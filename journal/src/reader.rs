@@ -489,14 +489,19 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
             });
         }
         let bytes = segment.view.bytes();
+        let mut bad_padding = None;
         let end = format::scan(
             bytes,
             |at| segment.view.load_u32(at),
             header.data_offset as usize,
             header.base_sequence,
-            |_, len| {
+            |at, len| {
                 report.records += 1;
                 report.record_bytes += len as u64;
+                let padding = &bytes[at + len..at + align8(len)];
+                if bad_padding.is_none() && padding.iter().any(|&b| b != 0) {
+                    bad_padding = Some(at + len);
+                }
             },
         );
         let corrupt = |offset: usize, reason| OpenError::Corrupt {
@@ -504,6 +509,9 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
             offset: offset as u64,
             reason,
         };
+        if let Some(at) = bad_padding {
+            return Err(corrupt(at, "non-zero record padding"));
+        }
         match end.stop {
             Stop::Invalid(reason) => return Err(corrupt(end.offset, reason)),
             Stop::End if i != last => {
@@ -514,10 +522,64 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
                     return Err(corrupt(end.offset + at, "torn tail not yet recovered"));
                 }
             }
+            Stop::Sealed if end.offset + 4 <= bytes.len() => {
+                if let Some(at) = bytes[end.offset + 4..].iter().position(|&b| b != 0) {
+                    return Err(corrupt(end.offset + 4 + at, "data after seal"));
+                }
+            }
             Stop::End | Stop::Sealed => {}
+        }
+        // A live appender may index a batch it has not published yet.
+        if !(writer_active && i == last) {
+            if let Some((offset, reason)) = check_index(&segment, end.offset) {
+                return Err(corrupt(offset, reason));
+            }
         }
         expected = Some(end.sequence);
     }
     report.next_sequence = expected.unwrap_or(0);
     Ok(report)
+}
+
+/// Checks a segment's sparse index against its records (which `verify` has validated up to
+/// `end`): filled slots form a prefix, each points at a valid record with the slot's sequence,
+/// at or after the slot's block, in order. Returns the offset of the first bad slot.
+fn check_index(segment: &OpenSegment, end: usize) -> Option<(usize, &'static str)> {
+    let header = &segment.header;
+    let slots = slot_count(header.segment_size, header.index_block);
+    let shift = header.index_block.trailing_zeros();
+    let bytes = segment.view.bytes();
+    let mut previous = 0;
+    let mut filled = true;
+    for slot in 0..slots {
+        let at = slot_offset(slot);
+        let value = segment.view.load_u64(at);
+        if value == 0 {
+            filled = false;
+            continue;
+        }
+        if !filled {
+            return Some((at, "index slot after an empty slot"));
+        }
+        let (offset, delta) = unpack_slot(value);
+        let valid = offset >= header.data_offset as usize
+            && offset < end
+            && offset % 8 == 0
+            && offset >= previous
+            && (offset >> shift) >= slot
+            && matches!(
+                format::step(
+                    bytes,
+                    offset,
+                    segment.view.load_u32(offset),
+                    header.base_sequence.wrapping_add(delta)
+                ),
+                Step::Record { .. }
+            );
+        if !valid {
+            return Some((at, "index slot does not match records"));
+        }
+        previous = offset;
+    }
+    None
 }

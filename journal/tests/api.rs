@@ -1,0 +1,424 @@
+//! Public-API tests: round trips, batches, rolls, reopen, seek, tailing in one process,
+//! durability watermarks, cursors, retention, the single-writer lock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{pattern, small_config, TempDir};
+use peregrine_journal::{
+    verify, AppendError, Appender, CommitError, Config, Cursor, Durability, OpenError, ReadError,
+    Reader, Retention, Tailer,
+};
+
+fn read_all(dir: &std::path::Path, from: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut reader = Reader::open(dir).unwrap();
+    reader.seek(from).unwrap();
+    let mut out = Vec::new();
+    while let Some(record) = reader.next().unwrap() {
+        out.push((record.sequence(), record.payload().to_vec()));
+    }
+    out
+}
+
+#[test]
+fn round_trip() {
+    let dir = TempDir::new("round-trip");
+    let (mut appender, report) = Appender::open(dir.path(), small_config()).unwrap();
+    assert_eq!(report.next_sequence, 0);
+    for s in 0..100 {
+        assert_eq!(appender.append(&pattern(s)).unwrap(), s);
+    }
+    let records = read_all(dir.path(), 0);
+    assert_eq!(records.len(), 100);
+    for (s, (seq, payload)) in records.into_iter().enumerate() {
+        assert_eq!(seq, s as u64);
+        assert_eq!(payload, pattern(s as u64));
+    }
+}
+
+#[test]
+fn empty_payload_and_append_with() {
+    let dir = TempDir::new("empty");
+    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    assert_eq!(appender.append(b"").unwrap(), 0);
+    assert_eq!(
+        appender
+            .append_with(5, |buf| buf.copy_from_slice(b"hello"))
+            .unwrap(),
+        1
+    );
+    let records = read_all(dir.path(), 0);
+    assert_eq!(records, vec![(0, vec![]), (1, b"hello".to_vec())]);
+}
+
+#[test]
+fn batch_append() {
+    let dir = TempDir::new("batch");
+    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..1000).map(pattern).collect();
+    let mut next = 0;
+    for chunk in payloads.chunks(37) {
+        let range = appender.append_batch(chunk).unwrap();
+        assert_eq!(range, next..next + chunk.len() as u64);
+        next = range.end;
+    }
+    assert_eq!(
+        appender.append_batch(Vec::<Vec<u8>>::new()).unwrap(),
+        1000..1000
+    );
+    let records = read_all(dir.path(), 0);
+    assert_eq!(records.len(), 1000);
+    assert!(records.iter().all(|(s, p)| *p == pattern(*s)));
+    assert!(appender.segment_index() > 0, "batches crossed segments");
+}
+
+#[test]
+fn panic_inside_batch_leaves_no_hole() {
+    let dir = TempDir::new("batch-panic");
+    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let payloads = (0..10u64).map(|i| {
+            assert!(i < 5, "producer failed");
+            pattern(i)
+        });
+        appender.append_batch(payloads).unwrap();
+    }));
+    assert!(result.is_err());
+    assert_eq!(appender.append(&pattern(5)).unwrap(), 5);
+    let records = read_all(dir.path(), 0);
+    assert_eq!(
+        records.len(),
+        6,
+        "the five written before the panic are published"
+    );
+}
+
+#[test]
+fn segment_roll_and_seek_everywhere() {
+    let dir = TempDir::new("roll");
+    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    for s in 0..5000 {
+        appender.append(&pattern(s)).unwrap();
+    }
+    assert!(appender.segment_index() >= 5, "rolled several times");
+    let mut reader = Reader::open(dir.path()).unwrap();
+    for target in (0..5000).step_by(97).chain([4999, 0, 1]) {
+        reader.seek(target).unwrap();
+        let record = reader.next().unwrap().unwrap();
+        assert_eq!(record.sequence(), target);
+        assert_eq!(record.payload(), &pattern(target)[..]);
+    }
+    reader.seek(5000).unwrap();
+    assert!(reader.next().unwrap().is_none());
+    appender.append(&pattern(5000)).unwrap();
+    assert_eq!(reader.next().unwrap().unwrap().sequence(), 5000);
+    let report = verify(dir.path()).unwrap();
+    assert_eq!(report.records, 5001);
+    assert_eq!(report.segments as u64, appender.segment_index() + 1);
+}
+
+#[test]
+fn reopen_continues_sequence() {
+    let dir = TempDir::new("reopen");
+    for round in 0..4u64 {
+        let (mut appender, report) = Appender::open(dir.path(), small_config()).unwrap();
+        assert_eq!(report.next_sequence, round * 700);
+        assert_eq!(report.discarded_bytes, 0);
+        for s in round * 700..(round + 1) * 700 {
+            assert_eq!(appender.append(&pattern(s)).unwrap(), s);
+        }
+    }
+    let records = read_all(dir.path(), 0);
+    assert_eq!(records.len(), 2800);
+    assert!(records.iter().all(|(s, p)| *p == pattern(*s)));
+}
+
+#[test]
+fn record_too_large_is_an_error() {
+    let dir = TempDir::new("too-large");
+    let config = small_config();
+    let max = config.max_payload();
+    let (mut appender, _) = Appender::open(dir.path(), config).unwrap();
+    assert!(matches!(
+        appender.append(&vec![0u8; max + 1]),
+        Err(AppendError::RecordTooLarge { len, .. }) if len == max + 1
+    ));
+    appender.append(b"x").unwrap();
+    assert_eq!(appender.append(&vec![7u8; max]).unwrap(), 1, "largest fits");
+    assert_eq!(read_all(dir.path(), 1)[0].1.len(), max);
+}
+
+#[test]
+fn tailer_follows_rolls_in_another_thread() {
+    let dir = TempDir::new("tail-thread");
+    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    let path = dir.path().to_path_buf();
+    let tail = std::thread::spawn(move || {
+        let mut tailer = Tailer::open(&path, 0).unwrap();
+        for s in 0..20_000u64 {
+            let record = tailer
+                .next_timeout(Duration::from_secs(10))
+                .unwrap()
+                .expect("record within timeout");
+            assert_eq!(record.sequence(), s);
+            assert_eq!(record.payload(), &pattern(s)[..]);
+        }
+    });
+    for s in 0..20_000u64 {
+        if s % 3 == 0 {
+            appender.append(&pattern(s)).unwrap();
+        } else if s % 3 == 1 {
+            appender.append_batch([pattern(s), pattern(s + 1)]).unwrap();
+        }
+    }
+    tail.join().unwrap();
+}
+
+#[test]
+fn durability_watermarks() {
+    let dir = TempDir::new("durable");
+    let (mut appender, _) =
+        Appender::open(dir.path(), small_config().durability(Durability::Always)).unwrap();
+    appender.append(b"a").unwrap();
+    assert_eq!(appender.durable_watermark(), 1);
+    drop(appender);
+
+    let batch = Durability::Batch {
+        max_records: 4,
+        max_delay: Duration::from_secs(3600),
+    };
+    let (mut appender, _) = Appender::open(dir.path(), small_config().durability(batch)).unwrap();
+    assert_eq!(appender.durable_watermark(), 1, "recovery syncs the tail");
+    for _ in 0..3 {
+        appender.append(b"b").unwrap();
+    }
+    assert_eq!(
+        appender.durable_watermark(),
+        1,
+        "three pending, below max_records"
+    );
+    appender.append(b"b").unwrap();
+    assert_eq!(
+        appender.durable_watermark(),
+        5,
+        "fourth triggers the group commit"
+    );
+    appender.append(b"c").unwrap();
+    assert_eq!(appender.durable_watermark(), 5);
+    appender.append_batch([b"d", b"e"]).unwrap();
+    assert_eq!(
+        appender.durable_watermark(),
+        8,
+        "a batch is synced at its end"
+    );
+    appender.append(b"f").unwrap();
+    assert_eq!(appender.sync().unwrap(), 9);
+    drop(appender);
+
+    let delay = Durability::Batch {
+        max_records: 1000,
+        max_delay: Duration::from_millis(5),
+    };
+    let (mut appender, _) = Appender::open(dir.path(), small_config().durability(delay)).unwrap();
+    appender.append(b"g").unwrap();
+    assert_eq!(appender.durable_watermark(), 9);
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(appender.sync_if_due().unwrap(), 10);
+
+    let (mut appender_none, _) = {
+        drop(appender);
+        Appender::open(dir.path(), small_config()).unwrap()
+    };
+    appender_none.append(b"h").unwrap();
+    assert_eq!(
+        appender_none.durable_watermark(),
+        10,
+        "none never syncs by itself"
+    );
+    assert_eq!(appender_none.next_sequence(), 11);
+}
+
+#[test]
+fn second_writer_rejected() {
+    let dir = TempDir::new("lock");
+    let (appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    match Appender::open(dir.path(), small_config()) {
+        Err(err @ OpenError::Locked { .. }) => {
+            assert!(err.to_string().contains("journal.lock"), "{err}");
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    drop(appender);
+    Appender::open(dir.path(), small_config()).expect("lock released on drop");
+}
+
+#[test]
+fn cursors_persist_and_resume() {
+    let dir = TempDir::new("cursor");
+    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    for s in 0..3000 {
+        appender.append(&pattern(s)).unwrap();
+    }
+    // First run: process 0..1234, committing every 100 and at the end.
+    let mut processed = Vec::new();
+    {
+        let mut cursor = Cursor::open(dir.path(), "risk-engine").unwrap();
+        assert_eq!(cursor.position(), 0);
+        let mut reader = Reader::open(dir.path()).unwrap();
+        reader.seek(cursor.position()).unwrap();
+        while let Some(record) = reader.next().unwrap() {
+            processed.push(record.sequence());
+            if record.sequence() == 1233 {
+                cursor.commit(1234).unwrap();
+                break;
+            }
+            if record.sequence() % 100 == 99 {
+                cursor.commit(record.sequence() + 1).unwrap();
+            }
+        }
+    }
+    // A failed consumer step leaves the position alone.
+    let mut cursor = Cursor::open(dir.path(), "risk-engine").unwrap();
+    assert_eq!(cursor.position(), 1234);
+    let failed = cursor.commit_with(2000, |_| Err("database down"));
+    assert!(matches!(
+        failed,
+        Err(CommitError::Consumer("database down"))
+    ));
+    assert_eq!(
+        Cursor::open(dir.path(), "risk-engine").unwrap().position(),
+        1234
+    );
+    // Second run resumes exactly where the first committed.
+    let mut reader = Reader::open(dir.path()).unwrap();
+    reader.seek(cursor.position()).unwrap();
+    let record = reader.next().unwrap().unwrap();
+    assert_eq!(record.sequence(), 1234);
+    // Independent cursors, and names are checked.
+    assert_eq!(Cursor::open(dir.path(), "other").unwrap().position(), 0);
+    assert!(Cursor::open(dir.path(), "../escape").is_err());
+    assert!(Cursor::open(dir.path(), "").is_err());
+    // The journal directory with cursor files is still a valid journal.
+    verify(dir.path()).unwrap();
+    drop(appender);
+    Appender::open(dir.path(), small_config()).unwrap();
+}
+
+#[test]
+fn corrupt_cursor_file_is_an_error_with_path() {
+    let dir = TempDir::new("cursor-bad");
+    let mut cursor = Cursor::open(dir.path(), "c").unwrap();
+    cursor.commit(42).unwrap();
+    let mut bytes = std::fs::read(cursor.path()).unwrap();
+    bytes[9] ^= 0x10;
+    std::fs::write(cursor.path(), &bytes).unwrap();
+    let err = Cursor::open(dir.path(), "c").unwrap_err();
+    assert!(err.to_string().contains("c.cursor"), "{err}");
+    assert!(err.to_string().contains("offset 16"), "{err}");
+}
+
+#[test]
+fn retention_while_a_reader_holds_an_old_segment() {
+    let dir = TempDir::new("retention");
+    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    for s in 0..6000 {
+        appender.append(&pattern(s)).unwrap();
+    }
+    let segments_before = appender.segment_index() + 1;
+    assert!(segments_before >= 6);
+    let mut reader = Reader::open(dir.path()).unwrap();
+    assert_eq!(reader.next().unwrap().unwrap().sequence(), 0);
+
+    let report = appender
+        .retain(&Retention::delete().below_sequence(3000))
+        .unwrap();
+    assert!(report.segments_removed >= 2);
+    assert!(report.first_sequence <= 3000 && report.first_sequence > 0);
+    assert!(!dir.join("00000000000000000000.seg").exists());
+
+    // The reader keeps reading the unlinked segment it has mapped...
+    let mut last = 0;
+    let err = loop {
+        match reader.next() {
+            Ok(Some(record)) => {
+                assert_eq!(record.payload(), &pattern(record.sequence())[..]);
+                last = record.sequence();
+            }
+            Ok(None) => panic!("reader stopped silently at {last}"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        last > 0,
+        "read past the first record of the removed segment"
+    );
+    // ...and then learns that the next one is gone.
+    assert!(
+        matches!(err, ReadError::SequenceRemoved { sequence, first_available }
+        if sequence == last + 1 && first_available == report.first_sequence)
+    );
+    // New readers start at the new first sequence; seeking below it is an error.
+    let mut fresh = Reader::open(dir.path()).unwrap();
+    assert_eq!(
+        fresh.next().unwrap().unwrap().sequence(),
+        report.first_sequence
+    );
+    assert!(matches!(
+        fresh.seek(0),
+        Err(ReadError::SequenceRemoved { sequence: 0, .. })
+    ));
+    assert_eq!(
+        verify(dir.path()).unwrap().first_sequence,
+        report.first_sequence
+    );
+
+    // Size-based retention into an archive directory inside the journal.
+    let archive = dir.join("archive");
+    let report = appender
+        .retain(&Retention::archive(&archive).max_total_bytes(2 * 64 * 1024))
+        .unwrap();
+    assert!(report.segments_removed >= 1);
+    assert_eq!(
+        std::fs::read_dir(&archive).unwrap().count(),
+        report.segments_removed
+    );
+    let left = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("seg".as_ref()))
+        .count();
+    assert!(left <= 2, "{left} segments left");
+    drop(appender);
+    let (_, reopened) = Appender::open(dir.path(), small_config()).unwrap();
+    assert_eq!(reopened.next_sequence, 6000);
+}
+
+#[test]
+fn config_is_validated() {
+    let dir = TempDir::new("config");
+    for config in [
+        Config::default().segment_size(1000),
+        Config::default().segment_size(4096),
+        Config::default().segment_size(64 * 1024).index_block(100),
+        Config::default().durability(Durability::Batch {
+            max_records: 0,
+            max_delay: Duration::ZERO,
+        }),
+    ] {
+        assert!(matches!(
+            Appender::open(dir.path(), config),
+            Err(OpenError::Config(_))
+        ));
+    }
+}
+
+#[test]
+fn pretouch_off_still_rolls() {
+    let dir = TempDir::new("no-pretouch");
+    let (mut appender, _) = Appender::open(dir.path(), small_config().pretouch(false)).unwrap();
+    for s in 0..3000 {
+        appender.append(&pattern(s)).unwrap();
+    }
+    assert!(appender.segment_index() >= 3);
+    assert_eq!(read_all(dir.path(), 0).len(), 3000);
+}

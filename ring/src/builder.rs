@@ -1,9 +1,9 @@
 //! [`RingBuilder`]: the stage graph, checked before any thread starts; and [`Ring`], the
-//! handle that stops it.
+//! handle that observes and stops it.
 //!
 //! A stage may only depend on stages added before it, so a cycle cannot be written; a
-//! dependency on another ring's stage, a duplicate name, or a graph with no consumer is an
-//! `Err` from the builder.
+//! dependency on another ring's stage, a duplicate name, an exclusive stage that is not
+//! alone with its events, or a graph with no consumer is an `Err` from the builder.
 
 use std::sync::atomic::{AtomicU64 as IdCounter, Ordering as IdOrdering};
 use std::sync::Mutex;
@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 use crate::buffer::Slots;
 use crate::core::{lock, Control, Core, StageInfo, StageThread};
 use crate::error::{BuildError, ShutdownError, StageProgress};
-use crate::handler::EventHandler;
+use crate::failure::FailurePolicy;
+use crate::handler::{EventHandler, ExclusiveHandler, TryEventHandler};
 use crate::poller::Poller;
-use crate::producer::Producer;
+use crate::producer::{Producer, WhenFull};
 use crate::reader::Reader;
 use crate::sequence::Sequence;
 use crate::sequencer::{Multi, Sequencer, Single};
-use crate::sync::{Arc, AtomicBool, AtomicUsize, CachePadded};
+use crate::stage::{Exclusive, Invoke, Plain, Shared, StageContext};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, CachePadded};
+use crate::telemetry::{StageStats, Telemetry};
 use crate::wait::{Notifier, WaitStrategy};
 
 /// Identifies a stage within one builder's graph; pass it to
@@ -29,22 +32,52 @@ pub struct StageId {
     index: usize,
 }
 
-type Launch<E, S> = Box<dyn FnOnce(Reader<E, S>) + Send>;
-
 /// What [`RingBuilder::build`] returns: the first producer and the ring's handle.
 pub type Built<E, S> = (Producer<E, S>, Ring<E, S>);
 
+/// Starts one stage thread's loop.
+type Launch<E, S> = Box<dyn FnOnce(Reader<E, S>, StageContext<E>) + Send>;
+/// Starts one pool worker's loop.
+type WorkerLaunch<E, S> =
+    Box<dyn FnOnce(Reader<E, S>, Arc<CachePadded<AtomicU64>>, StageContext<E>) + Send>;
+
 enum Kind<E, S> {
-    Thread(Launch<E, S>),
+    Thread {
+        launch: Launch<E, S>,
+        exclusive: bool,
+    },
+    Pool(Vec<WorkerLaunch<E, S>>),
     Poller,
+}
+
+impl<E, S> Kind<E, S> {
+    /// Threads this stage runs.
+    fn threads(&self) -> usize {
+        match self {
+            Kind::Thread { .. } => 1,
+            Kind::Pool(w) => w.len(),
+            Kind::Poller => 0,
+        }
+    }
 }
 
 struct Spec<E, S> {
     name: String,
     deps: Vec<usize>,
     kind: Kind<E, S>,
-    core: Option<usize>,
+    cores: Vec<usize>,
     max_batch: u64,
+    policy: FailurePolicy<E>,
+}
+
+impl<E, S> Spec<E, S> {
+    /// Names of the sequences (threads, workers, poller) this stage owns.
+    fn member_names(&self) -> Vec<String> {
+        match &self.kind {
+            Kind::Pool(w) => (0..w.len()).map(|i| format!("{}-{i}", self.name)).collect(),
+            _ => vec![self.name.clone()],
+        }
+    }
 }
 
 /// Builds a ring: capacity, wait strategy, and a graph of stages.
@@ -64,6 +97,7 @@ pub struct RingBuilder<E, S> {
     id: u64,
     slots: Slots<E>,
     wait: WaitStrategy,
+    when_full: WhenFull,
     allow_oversubscription: bool,
     specs: Vec<Spec<E, S>>,
     sequencer: std::marker::PhantomData<S>,
@@ -103,16 +137,23 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
             id: NEXT_ID.fetch_add(1, IdOrdering::Relaxed),
             slots: Slots::new(capacity, factory),
             wait: WaitStrategy::default(),
+            when_full: WhenFull::default(),
             allow_oversubscription: false,
             specs: Vec::new(),
             sequencer: std::marker::PhantomData,
         })
     }
 
-    /// How stages wait for events and producers wait for room. Default:
-    /// [`WaitStrategy::phased`].
+    /// How stages wait for events (and producers for room, unless
+    /// [`when_full`](Self::when_full) says otherwise). Default: [`WaitStrategy::phased`].
     pub fn wait_strategy(mut self, wait: WaitStrategy) -> Self {
         self.wait = wait;
+        self
+    }
+
+    /// What producers do when the ring is full. Default: [`WhenFull::Wait`].
+    pub fn when_full(mut self, policy: WhenFull) -> Self {
+        self.when_full = policy;
         self
     }
 
@@ -123,10 +164,132 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
         self
     }
 
-    /// Starts describing a stage that runs `handler` on a thread named `name`.
+    /// Starts describing a stage that runs `handler` (an [`EventHandler`], or a closure
+    /// `FnMut(&E, u64, bool)`) on a thread named `name`. A panic in it goes to the stage's
+    /// [failure policy](StageBuilder::on_failure).
     pub fn stage<H: EventHandler<E>>(&mut self, name: &str, handler: H) -> StageBuilder<'_, E, S> {
-        let launch: Launch<E, S> = Box::new(move |reader| crate::stage::run(reader, handler));
-        StageBuilder::new(self, name, Kind::Thread(launch))
+        self.thread_stage(name, Plain(handler), false)
+    }
+
+    /// Starts describing a stage whose handler returns a `Result` (a [`TryEventHandler`],
+    /// or a closure `FnMut(&E, u64, bool) -> Result<(), Err>`); errors and panics go to the
+    /// stage's [failure policy](StageBuilder::on_failure).
+    pub fn try_stage<H: TryEventHandler<E>>(
+        &mut self,
+        name: &str,
+        handler: H,
+    ) -> StageBuilder<'_, E, S> {
+        self.thread_stage(name, Shared(handler), false)
+    }
+
+    fn thread_stage<I: Invoke<E>>(
+        &mut self,
+        name: &str,
+        invoke: I,
+        exclusive: bool,
+    ) -> StageBuilder<'_, E, S> {
+        let launch: Launch<E, S> =
+            Box::new(move |reader, ctx| crate::stage::run(reader, invoke, ctx));
+        StageBuilder::new(self, name, Kind::Thread { launch, exclusive })
+    }
+
+    /// Starts describing a stage whose handler receives `&mut E`, to fill in fields that
+    /// later stages read (LMAX's unmarshaller).
+    ///
+    /// [`build`](Self::build) accepts it only if the stage is alone with its events: every
+    /// other stage must be upstream of it (it is gated on them) or downstream (gated on it,
+    /// directly or not). Otherwise [`BuildError::NotExclusive`].
+    ///
+    /// ```
+    /// use peregrine_ring::{single_producer, WaitStrategy};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// #[derive(Default)]
+    /// struct Msg { raw: u32, decoded: u32 }
+    ///
+    /// let out = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = Arc::clone(&out);
+    /// let mut b = single_producer(16, Msg::default)?.wait_strategy(WaitStrategy::blocking());
+    /// let decode = b.exclusive_stage("decode", |m: &mut Msg, _: u64, _: bool| m.decoded = m.raw * 2)
+    ///     .add()?;
+    /// b.stage("logic", move |m: &Msg, _: u64, _: bool| sink.lock().unwrap().push(m.decoded))
+    ///     .after(&[decode])
+    ///     .add()?;
+    /// let (mut p, _ring) = b.build()?;
+    /// for raw in 1..=3 {
+    ///     p.publish(|m| m.raw = raw)?;
+    /// }
+    /// drop(p);
+    /// assert_eq!(*out.lock().unwrap(), [2, 4, 6]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn exclusive_stage<H: ExclusiveHandler<E>>(
+        &mut self,
+        name: &str,
+        handler: H,
+    ) -> StageBuilder<'_, E, S> {
+        self.thread_stage(name, Exclusive(handler), true)
+    }
+
+    /// Starts describing a work pool: `workers` threads (named `name-0`, `name-1`, ...),
+    /// each with its own handler from `handler(worker_index)`, where every event goes to
+    /// exactly one worker (a consumer group). A pool can sit anywhere in the graph.
+    ///
+    /// ```
+    /// use peregrine_ring::{single_producer, WaitStrategy};
+    /// use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
+    ///
+    /// let sum = Arc::new(AtomicU64::new(0));
+    /// let mut b = single_producer(64, || 0u64)?.wait_strategy(WaitStrategy::blocking());
+    /// let total = Arc::clone(&sum);
+    /// b.pool("workers", 2, move |_worker| {
+    ///     let total = Arc::clone(&total);
+    ///     move |e: &u64, _: u64, _: bool| { total.fetch_add(*e, Ordering::Relaxed); }
+    /// })
+    /// .add()?;
+    /// let (mut p, _ring) = b.build()?;
+    /// for v in 1..=100 {
+    ///     p.publish(|e| *e = v)?;
+    /// }
+    /// drop(p);
+    /// assert_eq!(sum.load(Ordering::Relaxed), 5050); // each event handled exactly once
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pool<H: EventHandler<E>>(
+        &mut self,
+        name: &str,
+        workers: usize,
+        mut handler: impl FnMut(usize) -> H,
+    ) -> StageBuilder<'_, E, S> {
+        self.worker_pool(name, workers, |i| Plain(handler(i)))
+    }
+
+    /// Like [`pool`](Self::pool), with handlers that return a `Result`.
+    pub fn try_pool<H: TryEventHandler<E>>(
+        &mut self,
+        name: &str,
+        workers: usize,
+        mut handler: impl FnMut(usize) -> H,
+    ) -> StageBuilder<'_, E, S> {
+        self.worker_pool(name, workers, |i| Shared(handler(i)))
+    }
+
+    fn worker_pool<I: Invoke<E>>(
+        &mut self,
+        name: &str,
+        workers: usize,
+        mut invoke: impl FnMut(usize) -> I,
+    ) -> StageBuilder<'_, E, S> {
+        let launches = (0..workers)
+            .map(|i| {
+                let inv = invoke(i);
+                let launch: WorkerLaunch<E, S> = Box::new(move |reader, work, ctx| {
+                    crate::stage::run_worker(reader, work, inv, ctx)
+                });
+                launch
+            })
+            .collect();
+        StageBuilder::new(self, name, Kind::Pool(launches))
     }
 
     /// Starts describing a [`Poller`] stage: no thread; take it from the [`Ring`] with
@@ -135,45 +298,82 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
         StageBuilder::new(self, name, Kind::Poller)
     }
 
-    /// Checks the graph, starts one thread per stage, and returns the producer and the
-    /// ring's handle.
-    ///
-    /// # Errors
-    ///
-    /// [`BuildError::NoConsumer`], [`BuildError::CoreUnavailable`],
-    /// [`BuildError::Oversubscribed`], or [`BuildError::Spawn`]; no thread is left running.
-    pub fn build(self) -> Result<Built<E, S>, BuildError> {
+    /// Every stage that `index` depends on, directly or not.
+    fn ancestors(&self, index: usize) -> Vec<bool> {
+        let mut seen = vec![false; self.specs.len()];
+        let mut stack = self.specs[index].deps.clone();
+        while let Some(d) = stack.pop() {
+            if !std::mem::replace(&mut seen[d], true) {
+                stack.extend_from_slice(&self.specs[d].deps);
+            }
+        }
+        seen
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
         if self.specs.is_empty() {
             return Err(BuildError::NoConsumer);
         }
         let allowed = crate::affinity::allowed_cores();
         for spec in &self.specs {
-            if let Some(core) = spec.core {
-                if !allowed.contains(&core) {
-                    return Err(BuildError::CoreUnavailable {
-                        stage: spec.name.clone(),
-                        core,
-                        allowed: allowed.to_vec(),
-                    });
-                }
+            if let Some(&core) = spec.cores.iter().find(|c| !allowed.contains(c)) {
+                return Err(BuildError::CoreUnavailable {
+                    stage: spec.name.clone(),
+                    core,
+                    allowed: allowed.to_vec(),
+                });
             }
         }
-        let threads = self
-            .specs
-            .iter()
-            .filter(|s| matches!(s.kind, Kind::Thread(_)))
-            .count();
+        let threads: usize = self.specs.iter().map(|s| s.kind.threads()).sum();
         if self.wait.is_busy() && !self.allow_oversubscription && threads > allowed.len() {
             return Err(BuildError::Oversubscribed {
                 threads,
                 cores: allowed.len(),
             });
         }
+        let ancestors: Vec<Vec<bool>> = (0..self.specs.len()).map(|i| self.ancestors(i)).collect();
+        for (m, spec) in self.specs.iter().enumerate() {
+            if !matches!(
+                spec.kind,
+                Kind::Thread {
+                    exclusive: true,
+                    ..
+                }
+            ) {
+                continue;
+            }
+            let parallel =
+                (0..self.specs.len()).find(|&o| o != m && !ancestors[m][o] && !ancestors[o][m]);
+            if let Some(o) = parallel {
+                return Err(BuildError::NotExclusive {
+                    stage: spec.name.clone(),
+                    parallel_with: self.specs[o].name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
 
-        let sequences: Vec<Arc<Sequence>> = self
+    /// Checks the graph, starts one thread per stage (and per pool worker), and returns the
+    /// producer and the ring's handle.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::NoConsumer`], [`BuildError::CoreUnavailable`],
+    /// [`BuildError::Oversubscribed`], [`BuildError::NotExclusive`], or
+    /// [`BuildError::Spawn`]; no thread is left running.
+    pub fn build(self) -> Result<Built<E, S>, BuildError> {
+        self.check()?;
+        // One sequence (and one set of counters) per thread, worker or poller.
+        let members: Vec<Vec<(String, Arc<Sequence>, Arc<StageStats>)>> = self
             .specs
             .iter()
-            .map(|_| Arc::new(Sequence::new(0)))
+            .map(|s| {
+                s.member_names()
+                    .into_iter()
+                    .map(|n| (n, Arc::new(Sequence::new(0)), Arc::new(StageStats::new())))
+                    .collect()
+            })
             .collect();
         let mut is_dependency = vec![false; self.specs.len()];
         for spec in &self.specs {
@@ -183,58 +383,91 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
         }
         let gating = (0..self.specs.len())
             .filter(|&i| !is_dependency[i])
-            .map(|i| Arc::clone(&sequences[i]))
+            .flat_map(|i| members[i].iter().map(|m| Arc::clone(&m.1)))
             .collect();
         let capacity = self.slots.capacity();
+        let parks = self.wait.parks() || self.when_full.strategy(self.wait).parks();
         let core = Arc::new(Core {
             slots: self.slots,
             sequencer: S::new(capacity),
             gating,
             wait: self.wait,
+            when_full: self.when_full,
+            parks,
             notifier: Notifier::new(),
+            stalls: CachePadded::new(AtomicU64::new(0)),
             control: CachePadded::new(Control {
                 closed: AtomicBool::new(false),
                 halted: AtomicBool::new(false),
                 producers: AtomicUsize::new(0),
             }),
-            stages: self
-                .specs
+            stages: members
                 .iter()
-                .zip(&sequences)
-                .map(|(s, q)| StageInfo {
-                    name: s.name.clone(),
-                    sequence: Arc::clone(q),
+                .flatten()
+                .map(|(name, sequence, stats)| StageInfo {
+                    name: name.clone(),
+                    sequence: Arc::clone(sequence),
+                    stats: Arc::clone(stats),
                 })
                 .collect(),
             threads: Mutex::new(Vec::new()),
-            panic: Mutex::new(None),
+            failure: Mutex::new(None),
         });
 
         let mut pollers = Vec::new();
         for (index, spec) in self.specs.into_iter().enumerate() {
-            let deps = spec
+            let deps: Box<[Arc<Sequence>]> = spec
                 .deps
                 .iter()
-                .map(|&d| Arc::clone(&sequences[d]))
+                .flat_map(|&d| members[d].iter().map(|m| Arc::clone(&m.1)))
                 .collect();
-            let reader = Reader::new(
-                Arc::clone(&core),
-                deps,
-                Arc::clone(&sequences[index]),
-                spec.max_batch,
-            );
-            match spec.kind {
-                Kind::Poller => pollers.push((index, Some(Poller::new(reader)))),
-                Kind::Thread(launch) => {
-                    if let Err(reason) = spawn_stage(&core, &spec.name, spec.core, reader, launch) {
-                        core.halt();
-                        core.join_threads(true);
-                        return Err(BuildError::Spawn {
-                            stage: spec.name,
-                            reason,
-                        });
-                    }
+            let reader = |m: usize| {
+                Reader::new(
+                    Arc::clone(&core),
+                    deps.clone(),
+                    Arc::clone(&members[index][m].1),
+                    spec.max_batch,
+                )
+            };
+            let ctx = |m: usize| StageContext {
+                name: members[index][m].0.clone(),
+                policy: spec.policy.clone(),
+                stats: Arc::clone(&members[index][m].2),
+            };
+            let spawned = match spec.kind {
+                Kind::Poller => {
+                    pollers.push((index, Some(Poller::new(reader(0)))));
+                    Ok(())
                 }
+                Kind::Thread { launch, .. } => {
+                    let (r, c) = (reader(0), ctx(0));
+                    spawn(
+                        &core,
+                        &members[index][0].0,
+                        spec.cores.first().copied(),
+                        move || launch(r, c),
+                    )
+                }
+                Kind::Pool(workers) => {
+                    let work = Arc::new(CachePadded::new(AtomicU64::new(0)));
+                    workers.into_iter().enumerate().try_for_each(|(i, launch)| {
+                        let (r, c, w) = (reader(i), ctx(i), Arc::clone(&work));
+                        spawn(
+                            &core,
+                            &members[index][i].0,
+                            spec.cores.get(i).copied(),
+                            move || launch(r, w, c),
+                        )
+                    })
+                }
+            };
+            if let Err(reason) = spawned {
+                core.halt();
+                core.join_threads(true);
+                return Err(BuildError::Spawn {
+                    stage: spec.name,
+                    reason,
+                });
             }
         }
         let producer = Producer::new(Arc::clone(&core));
@@ -249,20 +482,21 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
     }
 }
 
-fn spawn_stage<E: Send + Sync + 'static, S: Sequencer>(
+/// Starts a named (optionally pinned) thread running `body`, which must not unwind: stage
+/// loops catch handler panics themselves; anything else that panics halts the ring.
+fn spawn<E: Send + Sync + 'static, S: Sequencer>(
     core: &Arc<Core<E, S>>,
     name: &str,
     pin: Option<usize>,
-    reader: Reader<E, S>,
-    launch: Launch<E, S>,
+    body: impl FnOnce() + Send + 'static,
 ) -> Result<(), String> {
     let stage = name.to_owned();
     let shared = Arc::clone(core);
-    let body = move || {
+    let thread_body = move || {
         #[cfg(not(loom))]
         if let Some(c) = pin {
             if !crate::affinity::pin_current(c) {
-                *lock(&shared.panic) = Some((
+                lock(&shared.failure).get_or_insert((
                     stage.clone(),
                     format!("could not pin the stage thread to core {c}"),
                 ));
@@ -272,14 +506,9 @@ fn spawn_stage<E: Send + Sync + 'static, S: Sequencer>(
         }
         #[cfg(loom)]
         let _ = pin;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| launch(reader)));
-        if let Err(payload) = result {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_owned());
-            lock(&shared.panic).get_or_insert((stage, message));
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            let failure = crate::failure::Failure::from_panic(payload);
+            lock(&shared.failure).get_or_insert((stage, failure.to_string()));
             // A dead stage would wedge every producer once the ring fills: halt instead,
             // which releases them with an error.
             shared.halt();
@@ -287,7 +516,7 @@ fn spawn_stage<E: Send + Sync + 'static, S: Sequencer>(
     };
     let handle = crate::sync::thread::Builder::new()
         .name(name.to_owned())
-        .spawn(body)
+        .spawn(thread_body)
         .map_err(|e| e.to_string())?;
     lock(&core.threads).push(StageThread {
         name: name.to_owned(),
@@ -301,6 +530,7 @@ impl<E, S> std::fmt::Debug for RingBuilder<E, S> {
         f.debug_struct("RingBuilder")
             .field("capacity", &self.slots.capacity())
             .field("wait", &self.wait)
+            .field("when_full", &self.when_full)
             .field(
                 "stages",
                 &self.specs.iter().map(|s| &s.name).collect::<Vec<_>>(),
@@ -315,8 +545,9 @@ pub struct StageBuilder<'a, E, S> {
     name: String,
     kind: Kind<E, S>,
     after: Vec<StageId>,
-    core: Option<usize>,
+    cores: Vec<usize>,
     max_batch: u64,
+    policy: FailurePolicy<E>,
 }
 
 impl<'a, E: Send + Sync + 'static, S: Sequencer> StageBuilder<'a, E, S> {
@@ -326,8 +557,9 @@ impl<'a, E: Send + Sync + 'static, S: Sequencer> StageBuilder<'a, E, S> {
             name: name.to_owned(),
             kind,
             after: Vec::new(),
-            core: None,
+            cores: Vec::new(),
             max_batch: u64::MAX,
+            policy: FailurePolicy::Halt,
         }
     }
 
@@ -339,8 +571,9 @@ impl<'a, E: Send + Sync + 'static, S: Sequencer> StageBuilder<'a, E, S> {
     }
 
     /// Pins the stage's thread to `core` (an id as the operating system numbers cores).
+    /// For a pool, call it once per worker, in worker order.
     pub fn pin(mut self, core: usize) -> Self {
-        self.core = Some(core);
+        self.cores.push(core);
         self
     }
 
@@ -350,12 +583,20 @@ impl<'a, E: Send + Sync + 'static, S: Sequencer> StageBuilder<'a, E, S> {
         self
     }
 
+    /// What the stage does when its handler returns an error or panics. Default:
+    /// [`FailurePolicy::Halt`].
+    pub fn on_failure(mut self, policy: FailurePolicy<E>) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Adds the stage to the graph.
     ///
     /// # Errors
     ///
     /// [`BuildError::ForeignStage`] if a dependency belongs to another builder;
-    /// [`BuildError::DuplicateStageName`]; [`BuildError::ZeroMaxBatch`].
+    /// [`BuildError::DuplicateStageName`]; [`BuildError::ZeroMaxBatch`];
+    /// [`BuildError::EmptyPool`] for a pool of zero workers.
     pub fn add(self) -> Result<StageId, BuildError> {
         let b = self.builder;
         if self
@@ -371,6 +612,9 @@ impl<'a, E: Send + Sync + 'static, S: Sequencer> StageBuilder<'a, E, S> {
         if self.max_batch == 0 {
             return Err(BuildError::ZeroMaxBatch { stage: self.name });
         }
+        if matches!(&self.kind, Kind::Pool(w) if w.is_empty()) {
+            return Err(BuildError::EmptyPool { stage: self.name });
+        }
         let mut deps: Vec<usize> = self.after.iter().map(|d| d.index).collect();
         deps.sort_unstable();
         deps.dedup();
@@ -378,8 +622,9 @@ impl<'a, E: Send + Sync + 'static, S: Sequencer> StageBuilder<'a, E, S> {
             name: self.name,
             deps,
             kind: self.kind,
-            core: self.core,
+            cores: self.cores,
             max_batch: self.max_batch,
+            policy: self.policy,
         });
         Ok(StageId {
             ring: b.id,
@@ -393,13 +638,14 @@ impl<E, S> std::fmt::Debug for StageBuilder<'_, E, S> {
         f.debug_struct("StageBuilder")
             .field("name", &self.name)
             .field("after", &self.after)
-            .field("core", &self.core)
+            .field("cores", &self.cores)
             .field("max_batch", &self.max_batch)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
 
-/// The handle of a running ring: progress, pollers, shutdown and halt.
+/// The handle of a running ring: telemetry, pollers, shutdown and halt.
 ///
 /// Dropping it does nothing; the stages keep running until the producers are dropped
 /// (drain) or [`halt`](Self::halt) / [`shutdown`](Self::shutdown) is called.
@@ -427,20 +673,26 @@ impl<E: Send + Sync + 'static, S: Sequencer> Ring<E, S> {
         self.core.progress()
     }
 
+    /// A snapshot of every counter: cursor, producer stalls, and per stage its sequence,
+    /// lag, events, batch-size histogram and failures.
+    pub fn telemetry(&self) -> Telemetry {
+        self.core.telemetry()
+    }
+
     /// Events claimed by producers so far.
     pub fn cursor(&self) -> u64 {
         self.core.sequencer.claimed()
     }
 
-    /// True once the ring is halted (by [`halt`](Self::halt), a stage panic, or the end of
+    /// True once the ring is halted (by [`halt`](Self::halt), a failed stage, or the end of
     /// a shutdown).
     pub fn is_halted(&self) -> bool {
         self.core.is_halted()
     }
 
-    /// The first stage panic, as `(stage, message)`.
-    pub fn panic(&self) -> Option<(String, String)> {
-        lock(&self.core.panic).clone()
+    /// The failure that halted the ring, as `(stage, failure)`.
+    pub fn failure(&self) -> Option<(String, String)> {
+        lock(&self.core.failure).clone()
     }
 
     /// Stops taking events, lets every stage handle what is already published, and joins
@@ -451,8 +703,8 @@ impl<E: Send + Sync + 'static, S: Sequencer> Ring<E, S> {
     ///
     /// [`ShutdownError::Timeout`] if some stage has not drained within `timeout`: the ring
     /// is halted at once and the stages still running are reported with what they left
-    /// (their threads are detached). [`ShutdownError::StagePanicked`] if a stage had
-    /// panicked.
+    /// (their threads are detached). [`ShutdownError::StageFailed`] if a stage had halted
+    /// the ring with a failure.
     pub fn shutdown(&self, timeout: Duration) -> Result<(), ShutdownError> {
         let deadline = Instant::now() + timeout;
         self.core.close();
@@ -481,8 +733,8 @@ impl<E: Send + Sync + 'static, S: Sequencer> Ring<E, S> {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.core.halt();
-        match self.panic() {
-            Some((stage, message)) => Err(ShutdownError::StagePanicked { stage, message }),
+        match self.failure() {
+            Some((stage, failure)) => Err(ShutdownError::StageFailed { stage, failure }),
             None => Ok(()),
         }
     }

@@ -7,6 +7,7 @@ use crate::error::StageProgress;
 use crate::sequence::{minimum, Sequence};
 use crate::sequencer::Sequencer;
 use crate::sync::{thread::JoinHandle, Arc, AtomicBool, AtomicUsize, CachePadded, Ordering};
+use crate::telemetry::{StageStats, Telemetry};
 use crate::wait::{Notifier, WaitStrategy};
 
 /// Read-mostly flags, on their own cache line so that hot sequence writes never evict them.
@@ -27,6 +28,7 @@ pub(crate) struct Control {
 pub(crate) struct StageInfo {
     pub(crate) name: String,
     pub(crate) sequence: Arc<Sequence>,
+    pub(crate) stats: Arc<StageStats>,
 }
 
 /// A running stage thread.
@@ -43,14 +45,21 @@ pub(crate) struct Core<E, S> {
     pub(crate) sequencer: S,
     /// Sequences of the stages no other stage depends on: producers wait for these.
     pub(crate) gating: Box<[Arc<Sequence>]>,
+    /// How stages wait for events.
     pub(crate) wait: WaitStrategy,
+    /// What producers do when the ring is full.
+    pub(crate) when_full: crate::producer::WhenFull,
+    /// Whether anyone (stage or producer) may park, so sequence moves must signal.
+    pub(crate) parks: bool,
     pub(crate) notifier: Notifier,
+    /// Times a producer found the ring full (slow path only).
+    pub(crate) stalls: CachePadded<crate::sync::AtomicU64>,
     pub(crate) control: CachePadded<Control>,
     pub(crate) stages: Box<[StageInfo]>,
     /// Cold bookkeeping (not part of any lock-free protocol).
     pub(crate) threads: Mutex<Vec<StageThread>>,
-    /// The first stage panic: (stage, message).
-    pub(crate) panic: Mutex<Option<(String, String)>>,
+    /// The failure that halted the ring: (stage, failure as text).
+    pub(crate) failure: Mutex<Option<(String, String)>>,
 }
 
 impl<E, S: Sequencer> Core<E, S> {
@@ -70,7 +79,7 @@ impl<E, S: Sequencer> Core<E, S> {
     /// Signals parked waiters after a sequence moved, when the strategy can park.
     #[inline(always)]
     pub(crate) fn signal(&self) {
-        if self.wait.parks() {
+        if self.parks {
             self.notifier.signal();
         }
     }
@@ -106,6 +115,19 @@ impl<E, S: Sequencer> Core<E, S> {
                 }
             })
             .collect()
+    }
+
+    pub(crate) fn telemetry(&self) -> Telemetry {
+        let cursor = self.sequencer.claimed();
+        Telemetry {
+            cursor,
+            producer_stalls: self.stalls.load(Ordering::Relaxed),
+            stages: self
+                .stages
+                .iter()
+                .map(|s| s.stats.snapshot(&s.name, s.sequence.get(), cursor))
+                .collect(),
+        }
     }
 
     /// Joins every stage thread that has finished (or all of them when `all`), except the

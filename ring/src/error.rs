@@ -51,6 +51,20 @@ pub enum BuildError {
         /// Cores the process may use.
         cores: usize,
     },
+    /// An exclusive stage runs in parallel with another stage that reads the same events.
+    #[error("exclusive stage `{stage}` is not alone with its events: `{parallel_with}` is neither upstream nor downstream of it")]
+    NotExclusive {
+        /// The exclusive stage.
+        stage: String,
+        /// A stage that may read the events while it writes them.
+        parallel_with: String,
+    },
+    /// A work pool with no worker.
+    #[error("pool `{stage}` has no worker")]
+    EmptyPool {
+        /// The pool.
+        stage: String,
+    },
     /// The operating system refused to start a stage thread.
     #[error("could not start the thread of stage `{stage}`: {reason}")]
     Spawn {
@@ -77,6 +91,12 @@ pub enum PublishError {
         /// Ring capacity.
         capacity: u64,
     },
+    /// The ring was full and the producer policy is [`WhenFull::Fail`](crate::WhenFull::Fail).
+    #[error("ring is full")]
+    Full,
+    /// The ring stayed full for the whole timeout.
+    #[error("timed out waiting for room in the ring")]
+    Timeout,
 }
 
 /// Why a publish that never waits did not publish.
@@ -124,12 +144,12 @@ pub enum ShutdownError {
         /// The stages still running when the timeout passed.
         left: Vec<StageProgress>,
     },
-    /// A stage panicked; the ring halted. The message is the panic's.
-    #[error("stage `{stage}` panicked: {message}")]
-    StagePanicked {
+    /// A stage failed under the halt policy (an error or a panic); the ring halted.
+    #[error("stage `{stage}` failed: {failure}")]
+    StageFailed {
         /// The stage.
         stage: String,
-        /// The panic message.
-        message: String,
+        /// The failure, as text (`error: ...` or `panic: ...`).
+        failure: String,
     },
 }

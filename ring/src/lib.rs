@@ -157,6 +157,7 @@ mod buffer;
 mod builder;
 mod core;
 mod error;
+mod failure;
 mod handler;
 mod poller;
 mod producer;
@@ -165,15 +166,18 @@ mod sequence;
 mod sequencer;
 mod stage;
 mod sync;
+mod telemetry;
 pub mod wait;
 
 pub use builder::{
     multi_producer, single_producer, Built, Ring, RingBuilder, StageBuilder, StageId,
 };
 pub use error::{BuildError, PublishError, ShutdownError, StageProgress, TryPublishError};
-pub use handler::EventHandler;
+pub use failure::{DeadLetter, DeadLetterSink, Failure, FailurePolicy, MemoryDeadLetters};
+pub use handler::{BoxError, EventHandler, ExclusiveHandler, TryEventHandler};
 pub use poller::{PollState, Poller};
-pub use producer::{BatchClaim, Claim, MultiProducer, Producer, SingleProducer};
+pub use producer::{BatchClaim, Claim, MultiProducer, Producer, SingleProducer, WhenFull};
 pub use sequence::Sequence;
 pub use sequencer::{Multi, Sequencer, Single};
+pub use telemetry::{StageTelemetry, Telemetry, BATCH_BUCKETS};
 pub use wait::{Notifier, WaitStrategy};

@@ -5,11 +5,49 @@
 //! slot (holding whatever was written): stages never wait forever on a gap.
 
 use std::ops::{Deref, DerefMut, Range};
+use std::time::{Duration, Instant};
 
 use crate::core::Core;
 use crate::error::{PublishError, TryPublishError};
 use crate::sequencer::{Multi, Sequencer, Single};
 use crate::sync::{mutation, Arc, Ordering};
+use crate::wait::WaitStrategy;
+
+/// What a producer does when the ring is full (set with
+/// [`RingBuilder::when_full`](crate::RingBuilder::when_full)).
+///
+/// [`Producer::try_publish`] never waits and [`Producer::publish_timeout`] always waits at
+/// most its timeout, whatever this says; it governs [`Producer::publish`],
+/// [`Producer::claim`] and the batch variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Wait by the ring's own wait strategy (the default).
+    #[default]
+    Wait,
+    /// Busy-spin until there is room.
+    Spin,
+    /// Yield the time slice until there is room.
+    Yield,
+    /// Park until a stage signals progress.
+    Park,
+    /// Wait by the ring's strategy for at most this long, then fail with
+    /// [`PublishError::Timeout`].
+    WaitUpTo(Duration),
+    /// Fail at once with [`PublishError::Full`].
+    Fail,
+}
+
+impl WhenFull {
+    /// The strategy a waiting producer uses, given the ring's.
+    pub(crate) fn strategy(self, ring: WaitStrategy) -> WaitStrategy {
+        match self {
+            WhenFull::Spin => WaitStrategy::busy_spin(),
+            WhenFull::Yield => WaitStrategy::yielding(),
+            WhenFull::Park => WaitStrategy::blocking(),
+            WhenFull::Wait | WhenFull::WaitUpTo(_) | WhenFull::Fail => ring,
+        }
+    }
+}
 
 /// Publishes events into a ring.
 ///
@@ -59,17 +97,32 @@ impl<E, S: Sequencer> Producer<E, S> {
     }
 
     #[inline(always)]
-    fn claim_range(&mut self, n: u64) -> Result<u64, PublishError> {
+    fn claim_range(&mut self, n: u64, deadline: Option<Instant>) -> Result<u64, PublishError> {
         if self.core.is_halted() && !mutation::HALT_IGNORED {
             return Err(PublishError::Halted);
         }
+        let deadline = match (self.core.when_full, deadline) {
+            (_, Some(d)) => Some(d),
+            (WhenFull::WaitUpTo(t), None) => Some(Instant::now() + t),
+            (WhenFull::Fail, None) => {
+                return self.try_claim_range(n).map_err(|e| match e {
+                    TryPublishError::Halted => PublishError::Halted,
+                    _ => PublishError::Full,
+                });
+            }
+            _ => None,
+        };
         let core = &*self.core;
+        let strategy = core.when_full.strategy(core.wait);
+        if let Some(deadline) = deadline {
+            return self.claim_until(n, strategy, deadline);
+        }
         core.sequencer
             .claim(&mut self.local, n, &core.gating, |wrap| {
-                // Wait by the ring's strategy until the slowest stage frees the slot, or
-                // the ring halts (then give up).
+                core.stalls.fetch_add(1, Ordering::Relaxed);
+                // Wait until the slowest stage frees the slot, or the ring halts (give up).
                 matches!(
-                    core.wait.wait(&core.notifier, None, || {
+                    strategy.wait(&core.notifier, None, || {
                         if core.is_halted() && !mutation::HALT_IGNORED {
                             Some(false)
                         } else if core.gating_minimum() >= wrap {
@@ -84,6 +137,41 @@ impl<E, S: Sequencer> Producer<E, S> {
             .ok_or(PublishError::Halted)
     }
 
+    /// Claims `n` slots, waiting at most until `deadline`. Claims only when there is room
+    /// (compare-and-swap for several producers), so giving up never leaves a claimed gap.
+    #[cold]
+    fn claim_until(
+        &mut self,
+        n: u64,
+        strategy: WaitStrategy,
+        deadline: Instant,
+    ) -> Result<u64, PublishError> {
+        let core = Arc::clone(&self.core);
+        let capacity = core.slots.capacity();
+        loop {
+            match self.try_claim_range(n) {
+                Ok(start) => return Ok(start),
+                Err(TryPublishError::Full) => {}
+                Err(_) => return Err(PublishError::Halted),
+            }
+            // (the failed try above counted the stall)
+            let waited = strategy.wait(&core.notifier, Some(deadline), || {
+                if core.is_halted() {
+                    Some(false)
+                } else if core.sequencer.claimed() + n <= core.gating_minimum() + capacity {
+                    Some(true)
+                } else {
+                    None
+                }
+            });
+            match waited {
+                Ok(true) => continue,
+                Ok(false) => return Err(PublishError::Halted),
+                Err(_) => return Err(PublishError::Timeout),
+            }
+        }
+    }
+
     #[inline(always)]
     fn try_claim_range(&mut self, n: u64) -> Result<u64, TryPublishError> {
         if self.core.is_halted() {
@@ -92,7 +180,10 @@ impl<E, S: Sequencer> Producer<E, S> {
         let core = &*self.core;
         core.sequencer
             .try_claim(&mut self.local, n, &core.gating)
-            .ok_or(TryPublishError::Full)
+            .ok_or_else(|| {
+                core.stalls.fetch_add(1, Ordering::Relaxed);
+                TryPublishError::Full
+            })
     }
 
     /// Claims the next slot, waiting by the ring's wait strategy while the ring is full.
@@ -100,10 +191,12 @@ impl<E, S: Sequencer> Producer<E, S> {
     ///
     /// # Errors
     ///
-    /// [`PublishError::Halted`] if the ring is halted, before or while waiting.
+    /// [`PublishError::Halted`] if the ring is halted, before or while waiting;
+    /// [`PublishError::Full`] or [`PublishError::Timeout`] under the matching [`WhenFull`]
+    /// policy.
     #[inline]
     pub fn claim(&mut self) -> Result<Claim<'_, E, S>, PublishError> {
-        let sequence = self.claim_range(1)?;
+        let sequence = self.claim_range(1, None)?;
         Ok(Claim {
             producer: self,
             sequence,
@@ -143,7 +236,7 @@ impl<E, S: Sequencer> Producer<E, S> {
                 requested,
                 capacity,
             })?;
-        let start = self.claim_range(n)?;
+        let start = self.claim_range(n, None)?;
         Ok(BatchClaim {
             producer: self,
             range: start..start + n,
@@ -184,6 +277,27 @@ impl<E, S: Sequencer> Producer<E, S> {
     #[inline]
     pub fn publish(&mut self, write: impl FnOnce(&mut E)) -> Result<u64, PublishError> {
         let mut claim = self.claim()?;
+        write(&mut claim);
+        Ok(claim.sequence())
+    }
+
+    /// Writes one event and publishes it, waiting at most `timeout` for room (by the
+    /// producer's wait strategy). Returns the event's sequence.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Timeout`] if the ring stayed full; [`PublishError::Halted`] if it is
+    /// halted. `write` is not called in either case.
+    pub fn publish_timeout(
+        &mut self,
+        timeout: Duration,
+        write: impl FnOnce(&mut E),
+    ) -> Result<u64, PublishError> {
+        let sequence = self.claim_range(1, Some(Instant::now() + timeout))?;
+        let mut claim = Claim {
+            producer: self,
+            sequence,
+        };
         write(&mut claim);
         Ok(claim.sequence())
     }

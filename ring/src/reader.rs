@@ -45,7 +45,7 @@ pub(crate) struct Reader<E, S> {
     /// Next sequence to handle; equal to `sequence` between batches. Private copy so the
     /// hot loop never reads its own shared counter.
     pub(crate) next: u64,
-    max_batch: u64,
+    pub(crate) max_batch: u64,
 }
 
 impl<E, S: Sequencer> Reader<E, S> {
@@ -127,12 +127,18 @@ impl<E, S: Sequencer> Reader<E, S> {
             // happens only after this loop.
             unsafe { slots.read(s, |e| sink.event(e, s, s + 1 == stop)) };
         }
+        self.commit(stop);
+        stop - start
+    }
+
+    /// Marks everything before `stop` handled and wakes whoever may be parked on it.
+    #[inline(always)]
+    pub(crate) fn commit(&mut self, stop: u64) {
         self.next = stop;
-        // Release: our reads of the slots happen before a producer (or a downstream stage)
-        // acquires this value.
+        // Release: our accesses to the slots happen before a producer (or a downstream
+        // stage) acquires this value.
         self.sequence.set(stop);
         self.core.signal();
-        stop - start
     }
 }
 

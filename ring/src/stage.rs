@@ -1,40 +1,292 @@
-//! The stage loop: the batch event processor of the LMAX Disruptor, one per thread.
+//! The stage loops: LMAX's batch event processor (one thread per stage) and work
+//! processor (one thread per pool worker), with failure policies.
+//!
+//! A batch runs inside one `catch_unwind`: nothing is paid while no handler panics. When a
+//! handler fails (error or panic), the stage's [`FailurePolicy`] decides, at the failing
+//! sequence, whether to retry it, skip it, replay the batch, or halt.
 
-use crate::handler::EventHandler;
-use crate::reader::{Reader, Ready, Sink};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::buffer::Slots;
+use crate::core::lock;
+use crate::failure::{Action, Attempts, Failure, FailurePolicy};
+use crate::handler::{BoxError, EventHandler, ExclusiveHandler, TryEventHandler};
+use crate::reader::{Reader, Ready};
 use crate::sequencer::Sequencer;
+use crate::sync::{Arc, AtomicU64, CachePadded, Ordering};
+use crate::telemetry::StageStats;
 
-/// Runs `handler` until the ring drains or halts.
-pub(crate) fn run<E, S: Sequencer, H: EventHandler<E>>(mut reader: Reader<E, S>, mut handler: H) {
-    handler.on_start();
-    loop {
-        // Fast path: events already there and no halt; one relaxed flag load per batch.
-        let mut end = reader.available();
-        if end <= reader.next || reader.core.is_halted() {
-            match reader.wait() {
-                Ok(Ready::Events(e)) if !reader.core.is_halted() => end = e,
-                Ok(Ready::Events(_)) | Ok(Ready::Halted) | Ok(Ready::Drained) => break,
-                Err(_) => {
-                    handler.on_timeout(reader.next);
-                    continue;
-                }
-            }
-        }
-        reader.handle(end, &mut HandlerSink(&mut handler));
-    }
-    handler.on_shutdown();
+/// A handler as the stage loop calls it: shared or exclusive access to the slot.
+pub(crate) trait Invoke<E>: Send + 'static {
+    fn start(&mut self);
+    fn shutdown(&mut self);
+    fn timeout(&mut self, sequence: u64);
+    fn batch_start(&mut self, size: u64, depth: u64);
+    /// Handles the event at `sequence`.
+    ///
+    /// # Safety
+    ///
+    /// `sequence` is published and not yet passed by this stage, and, for an exclusive
+    /// handler, no other stage can read the slot now (the builder's exclusivity check).
+    unsafe fn event(
+        &mut self,
+        slots: &Slots<E>,
+        sequence: u64,
+        end_of_batch: bool,
+    ) -> Result<(), BoxError>;
 }
 
-/// A stage handler as a [`Sink`].
-struct HandlerSink<'a, H>(&'a mut H);
+/// An [`EventHandler`] reading the event through `&E`.
+pub(crate) struct Plain<H>(pub(crate) H);
 
-impl<E, H: EventHandler<E>> Sink<E> for HandlerSink<'_, H> {
+impl<E, H: EventHandler<E>> Invoke<E> for Plain<H> {
+    fn start(&mut self) {
+        self.0.on_start()
+    }
+    fn shutdown(&mut self) {
+        self.0.on_shutdown()
+    }
+    fn timeout(&mut self, sequence: u64) {
+        self.0.on_timeout(sequence)
+    }
     #[inline(always)]
     fn batch_start(&mut self, size: u64, depth: u64) {
-        self.0.on_batch_start(size, depth);
+        self.0.on_batch_start(size, depth)
     }
     #[inline(always)]
-    fn event(&mut self, event: &E, sequence: u64, end_of_batch: bool) {
-        self.0.on_event(event, sequence, end_of_batch);
+    unsafe fn event(&mut self, slots: &Slots<E>, s: u64, eob: bool) -> Result<(), BoxError> {
+        // SAFETY: the caller guarantees `s` is published and still held by this stage.
+        unsafe { slots.read(s, |e| self.0.on_event(e, s, eob)) };
+        Ok(())
     }
+}
+
+/// A [`TryEventHandler`] reading the event through `&E`.
+pub(crate) struct Shared<H>(pub(crate) H);
+
+impl<E, H: TryEventHandler<E>> Invoke<E> for Shared<H> {
+    fn start(&mut self) {
+        self.0.on_start()
+    }
+    fn shutdown(&mut self) {
+        self.0.on_shutdown()
+    }
+    fn timeout(&mut self, sequence: u64) {
+        self.0.on_timeout(sequence)
+    }
+    #[inline(always)]
+    fn batch_start(&mut self, size: u64, depth: u64) {
+        self.0.on_batch_start(size, depth)
+    }
+    #[inline(always)]
+    unsafe fn event(&mut self, slots: &Slots<E>, s: u64, eob: bool) -> Result<(), BoxError> {
+        // SAFETY: the caller guarantees `s` is published and still held by this stage.
+        unsafe { slots.read(s, |e| self.0.on_event(e, s, eob).map_err(Into::into)) }
+    }
+}
+
+/// An [`ExclusiveHandler`] writing the event through `&mut E`.
+pub(crate) struct Exclusive<H>(pub(crate) H);
+
+impl<E, H: ExclusiveHandler<E>> Invoke<E> for Exclusive<H> {
+    fn start(&mut self) {
+        self.0.on_start()
+    }
+    fn shutdown(&mut self) {
+        self.0.on_shutdown()
+    }
+    fn timeout(&mut self, sequence: u64) {
+        self.0.on_timeout(sequence)
+    }
+    #[inline(always)]
+    fn batch_start(&mut self, size: u64, depth: u64) {
+        self.0.on_batch_start(size, depth)
+    }
+    #[inline(always)]
+    unsafe fn event(&mut self, slots: &Slots<E>, s: u64, eob: bool) -> Result<(), BoxError> {
+        // SAFETY: the caller guarantees `s` is published, held by this stage, and that no
+        // other stage reads it now: the builder only accepts an exclusive stage when every
+        // other stage is upstream of it (done with the slot, acquired through our barrier)
+        // or downstream (gated on our sequence, so it reads after our Release).
+        let event = unsafe { &mut *slots.ptr_mut(s) };
+        self.0.on_event(event, s, eob).map_err(Into::into)
+    }
+}
+
+/// What a stage thread needs besides its reader.
+pub(crate) struct StageContext<E> {
+    pub(crate) name: String,
+    pub(crate) policy: FailurePolicy<E>,
+    pub(crate) stats: Arc<StageStats>,
+}
+
+/// Outcome of handling one batch.
+enum Batch {
+    Done,
+    /// Halt the ring; the failure as text.
+    Halt(String),
+}
+
+/// Handles `start .. stop` with `invoke`, applying the failure policy. Does not advance the
+/// stage's sequence.
+#[inline(always)]
+fn handle_batch<E: 'static, I: Invoke<E>>(
+    slots: &Slots<E>,
+    invoke: &mut I,
+    ctx: &StageContext<E>,
+    attempts: &mut Attempts,
+    start: u64,
+    stop: u64,
+    depth: u64,
+) -> Batch {
+    invoke.batch_start(stop - start, depth);
+    let mut cursor = start;
+    loop {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            for s in cursor..stop {
+                // SAFETY: `start .. stop` was read from the barrier (published) and the stage's
+                // sequence is still `start`, so the slots are held by this stage.
+                if let Err(e) = unsafe { invoke.event(slots, s, s + 1 == stop) } {
+                    return Err((s, Failure::Error(e)));
+                }
+                cursor = s + 1;
+            }
+            Ok(())
+        }));
+        let (failed, failure) = match result {
+            Ok(Ok(())) => return Batch::Done,
+            Ok(Err(f)) => f,
+            Err(payload) => (cursor, Failure::from_panic(payload)),
+        };
+        ctx.stats.failure(failure.to_string());
+        // SAFETY: as above; the policy only reads the event.
+        let action = unsafe {
+            slots.read(failed, |e| {
+                ctx.policy
+                    .decide(&ctx.name, failed, start, e, &failure, attempts)
+            })
+        };
+        match action {
+            Action::Retry => cursor = failed,
+            Action::Skip => cursor = failed + 1,
+            Action::Rewind => {
+                cursor = start;
+                invoke.batch_start(stop - start, depth);
+            }
+            Action::Halt => return Batch::Halt(failure.to_string()),
+        }
+        if cursor >= stop {
+            return Batch::Done;
+        }
+    }
+}
+
+/// Waits for the next run of events; `None` when the stage must stop.
+#[inline]
+fn next_batch<E, S: Sequencer, I: Invoke<E>>(reader: &Reader<E, S>, invoke: &mut I) -> Option<u64> {
+    loop {
+        // Fast path: events already there and no halt; one relaxed flag load per batch.
+        let end = reader.available();
+        if end > reader.next && !reader.core.is_halted() {
+            return Some(end);
+        }
+        match reader.wait() {
+            Ok(Ready::Events(e)) if !reader.core.is_halted() => return Some(e),
+            Ok(_) => return None,
+            Err(_) => invoke.timeout(reader.next),
+        }
+    }
+}
+
+/// Runs a stage until the ring drains or halts.
+pub(crate) fn run<E: 'static, S: Sequencer, I: Invoke<E>>(
+    mut reader: Reader<E, S>,
+    mut invoke: I,
+    ctx: StageContext<E>,
+) {
+    invoke.start();
+    let mut attempts = Attempts::new(reader.next ^ 0x9E37_79B9_7F4A_7C15);
+    while let Some(end) = next_batch(&reader, &mut invoke) {
+        let start = reader.next;
+        let stop = end.min(start.saturating_add(reader.max_batch));
+        let core = Arc::clone(&reader.core);
+        match handle_batch(
+            &core.slots,
+            &mut invoke,
+            &ctx,
+            &mut attempts,
+            start,
+            stop,
+            end - start,
+        ) {
+            Batch::Done => {
+                reader.commit(stop);
+                ctx.stats.batch(stop - start);
+            }
+            Batch::Halt(failure) => {
+                lock(&core.failure).get_or_insert((ctx.name.clone(), failure));
+                core.halt();
+                break;
+            }
+        }
+    }
+    invoke.shutdown();
+}
+
+/// Runs one worker of a pool: each event goes to exactly one worker.
+///
+/// LMAX's work processor: the pool shares `work`, the next sequence nobody has taken. A
+/// worker first lowers its own sequence to the value it is about to take (so the pool's
+/// minimum never claims an event some worker still holds), then takes it with a
+/// compare-and-swap, waits for it to be published, and handles it.
+pub(crate) fn run_worker<E: 'static, S: Sequencer, I: Invoke<E>>(
+    mut reader: Reader<E, S>,
+    work: Arc<CachePadded<AtomicU64>>,
+    mut invoke: I,
+    ctx: StageContext<E>,
+) {
+    invoke.start();
+    let mut attempts = Attempts::new(reader.next ^ 0x2545_F491_4F6C_DD1D);
+    loop {
+        let taken = loop {
+            let next = work.load(Ordering::Relaxed);
+            // Release (inside `set`): our earlier slot reads happen before a producer or a
+            // downstream stage acquires this value.
+            reader.sequence.set(next);
+            // Relaxed: the CAS only decides which worker owns `next`; slot data is
+            // synchronised through the barrier below.
+            if work
+                .compare_exchange_weak(next, next + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                // Our sequence moved: wake downstream stages or producers parked on it.
+                reader.core.signal();
+                break next;
+            }
+        };
+        reader.next = taken;
+        let Some(end) = next_batch(&reader, &mut invoke) else {
+            break;
+        };
+        let core = Arc::clone(&reader.core);
+        match handle_batch(
+            &core.slots,
+            &mut invoke,
+            &ctx,
+            &mut attempts,
+            taken,
+            taken + 1,
+            end - taken,
+        ) {
+            Batch::Done => {
+                ctx.stats.batch(1);
+            }
+            Batch::Halt(failure) => {
+                lock(&core.failure).get_or_insert((ctx.name.clone(), failure));
+                core.halt();
+                break;
+            }
+        }
+    }
+    invoke.shutdown();
 }

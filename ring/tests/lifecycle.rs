@@ -253,12 +253,12 @@ fn a_panicking_stage_halts_the_ring_and_releases_producers() {
         Err(PublishError::Halted),
         "no producer waits forever"
     );
-    let (stage, message) = ring.panic().expect("the panic is recorded");
+    let (stage, message) = ring.failure().expect("the failure is recorded");
     assert_eq!(stage, "fragile");
     assert!(message.contains("cannot handle three"), "{message}");
     assert!(matches!(
         ring.shutdown(Duration::from_secs(1)),
-        Err(ShutdownError::StagePanicked { .. })
+        Err(ShutdownError::StageFailed { .. })
     ));
 }
 
@@ -468,7 +468,7 @@ fn pinning_to_an_allowed_core_runs_there() {
         p.publish(|e| *e = i).unwrap();
     }
     drop(p);
-    assert!(ring.panic().is_none(), "{:?}", ring.panic());
+    assert!(ring.failure().is_none(), "{:?}", ring.failure());
     assert_eq!(count.load(Ordering::Relaxed), 100);
     // The process-wide set is unchanged by the pinned thread.
     assert_eq!(affinity::allowed_cores().last(), Some(&core));

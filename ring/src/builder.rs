@@ -365,13 +365,17 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
     pub fn build(self) -> Result<Built<E, S>, BuildError> {
         self.check()?;
         // One sequence (and one set of counters) per thread, worker or poller.
-        let members: Vec<Vec<(String, Arc<Sequence>, Arc<StageStats>)>> = self
+        let members: Vec<Vec<StageInfo>> = self
             .specs
             .iter()
             .map(|s| {
                 s.member_names()
                     .into_iter()
-                    .map(|n| (n, Arc::new(Sequence::new(0)), Arc::new(StageStats::new())))
+                    .map(|name| StageInfo {
+                        name,
+                        sequence: Arc::new(Sequence::new(0)),
+                        stats: Arc::new(StageStats::new()),
+                    })
                     .collect()
             })
             .collect();
@@ -383,7 +387,7 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
         }
         let gating = (0..self.specs.len())
             .filter(|&i| !is_dependency[i])
-            .flat_map(|i| members[i].iter().map(|m| Arc::clone(&m.1)))
+            .flat_map(|i| members[i].iter().map(|m| Arc::clone(&m.sequence)))
             .collect();
         let capacity = self.slots.capacity();
         let parks = self.wait.parks() || self.when_full.strategy(self.wait).parks();
@@ -404,10 +408,10 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
             stages: members
                 .iter()
                 .flatten()
-                .map(|(name, sequence, stats)| StageInfo {
-                    name: name.clone(),
-                    sequence: Arc::clone(sequence),
-                    stats: Arc::clone(stats),
+                .map(|m| StageInfo {
+                    name: m.name.clone(),
+                    sequence: Arc::clone(&m.sequence),
+                    stats: Arc::clone(&m.stats),
                 })
                 .collect(),
             threads: Mutex::new(Vec::new()),
@@ -419,20 +423,20 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
             let deps: Box<[Arc<Sequence>]> = spec
                 .deps
                 .iter()
-                .flat_map(|&d| members[d].iter().map(|m| Arc::clone(&m.1)))
+                .flat_map(|&d| members[d].iter().map(|m| Arc::clone(&m.sequence)))
                 .collect();
             let reader = |m: usize| {
                 Reader::new(
                     Arc::clone(&core),
                     deps.clone(),
-                    Arc::clone(&members[index][m].1),
+                    Arc::clone(&members[index][m].sequence),
                     spec.max_batch,
                 )
             };
             let ctx = |m: usize| StageContext {
-                name: members[index][m].0.clone(),
+                name: members[index][m].name.clone(),
                 policy: spec.policy.clone(),
-                stats: Arc::clone(&members[index][m].2),
+                stats: Arc::clone(&members[index][m].stats),
             };
             let spawned = match spec.kind {
                 Kind::Poller => {
@@ -443,7 +447,7 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
                     let (r, c) = (reader(0), ctx(0));
                     spawn(
                         &core,
-                        &members[index][0].0,
+                        &members[index][0].name,
                         spec.cores.first().copied(),
                         move || launch(r, c),
                     )
@@ -454,7 +458,7 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
                         let (r, c, w) = (reader(i), ctx(i), Arc::clone(&work));
                         spawn(
                             &core,
-                            &members[index][i].0,
+                            &members[index][i].name,
                             spec.cores.get(i).copied(),
                             move || launch(r, w, c),
                         )

@@ -224,6 +224,8 @@ impl<E> Clone for FailurePolicy<E> {
     }
 }
 
+// A derive would demand `E: Default`.
+#[allow(clippy::derivable_impls)]
 impl<E> Default for FailurePolicy<E> {
     fn default() -> Self {
         FailurePolicy::Halt

@@ -143,7 +143,8 @@ fn handle_batch<E: 'static, I: Invoke<E>>(
     let mut cursor = start;
     loop {
         let result = catch_unwind(AssertUnwindSafe(|| {
-            for s in cursor..stop {
+            while cursor < stop {
+                let s = cursor;
                 // SAFETY: `start .. stop` was read from the barrier (published) and the stage's
                 // sequence is still `start`, so the slots are held by this stage.
                 if let Err(e) = unsafe { invoke.event(slots, s, s + 1 == stop) } {

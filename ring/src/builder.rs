@@ -440,7 +440,10 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
             };
             let spawned = match spec.kind {
                 Kind::Poller => {
-                    pollers.push((index, Some(Poller::new(reader(0)))));
+                    pollers.push((
+                        index,
+                        Some(Poller::new(reader(0), Arc::clone(&members[index][0].stats))),
+                    ));
                     Ok(())
                 }
                 Kind::Thread { launch, .. } => {

@@ -2,6 +2,8 @@
 
 use crate::reader::{FnSink, Reader, Ready};
 use crate::sequencer::Sequencer;
+use crate::sync::Arc;
+use crate::telemetry::StageStats;
 
 /// What one [`Poller::poll`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,11 +25,19 @@ pub enum PollState {
 /// once it is full.
 pub struct Poller<E, S: Sequencer> {
     reader: Reader<E, S>,
+    stats: Arc<StageStats>,
 }
 
 impl<E, S: Sequencer> Poller<E, S> {
-    pub(crate) fn new(reader: Reader<E, S>) -> Self {
-        Self { reader }
+    pub(crate) fn new(reader: Reader<E, S>, stats: Arc<StageStats>) -> Self {
+        Self { reader, stats }
+    }
+
+    #[inline(always)]
+    fn handle(&mut self, end: u64, on_event: impl FnMut(&E, u64, bool)) -> PollState {
+        let n = self.reader.handle(end, &mut FnSink(on_event));
+        self.stats.batch(n);
+        PollState::Events(n)
     }
 
     /// Handles every event ready now (up to the stage's maximum batch) with
@@ -35,9 +45,7 @@ impl<E, S: Sequencer> Poller<E, S> {
     #[inline]
     pub fn poll(&mut self, on_event: impl FnMut(&E, u64, bool)) -> PollState {
         match self.reader.poll() {
-            Some(Ready::Events(end)) => {
-                PollState::Events(self.reader.handle(end, &mut FnSink(on_event)))
-            }
+            Some(Ready::Events(end)) => self.handle(end, on_event),
             Some(Ready::Drained) => PollState::Drained,
             Some(Ready::Halted) => PollState::Halted,
             None => PollState::Idle,
@@ -49,9 +57,7 @@ impl<E, S: Sequencer> Poller<E, S> {
     /// passes first.
     pub fn poll_wait(&mut self, on_event: impl FnMut(&E, u64, bool)) -> PollState {
         match self.reader.wait() {
-            Ok(Ready::Events(end)) => {
-                PollState::Events(self.reader.handle(end, &mut FnSink(on_event)))
-            }
+            Ok(Ready::Events(end)) => self.handle(end, on_event),
             Ok(Ready::Drained) => PollState::Drained,
             Ok(Ready::Halted) => PollState::Halted,
             Err(_) => PollState::Idle,

@@ -6,13 +6,7 @@
 //! [`FailurePolicy::Halt`]. Each stage's failure count and last failure are in
 //! [`Ring::telemetry`](crate::Ring::telemetry).
 //!
-//! | policy | the failed event | later events | use when |
-//! |---|---|---|---|
-//! | `Halt` | not handled | none: the ring halts, producers get an error | state would be wrong after a gap |
-//! | `LogAndContinue` | skipped (logged) | handled | events are independent |
-//! | `Retry` | retried with backoff, then the fallback policy | handled | transient faults (I/O) |
-//! | `RewindBatch` | the whole batch is replayed, then the fallback | handled | idempotent per-batch handlers |
-//! | `DeadLetter` | handed to a sink with its error | handled | nothing may be lost, nothing may stall |
+//! See [`FailurePolicy`] for the table of policies and an example of each.
 
 use std::fmt;
 use std::sync::Mutex;
@@ -118,7 +112,129 @@ impl<E: Clone + Send + 'static> DeadLetterSink<E> for MemoryDeadLetters<E> {
     }
 }
 
-/// What a stage does when its handler fails. See the [module docs](self).
+/// What a stage does when its handler returns an error or panics.
+///
+/// | policy | the failed event | later events | use when |
+/// |---|---|---|---|
+/// | `Halt` | not handled | none: the ring halts, producers get an error | state would be wrong after a gap |
+/// | `LogAndContinue` | skipped (logged) | handled | events are independent |
+/// | `Retry` | retried with backoff, then the fallback policy | handled | transient faults (I/O) |
+/// | `RewindBatch` | the whole batch is replayed, then the fallback | handled | idempotent per-batch handlers |
+/// | `DeadLetter` | handed to a sink with its error | handled | nothing may be lost, nothing may stall |
+///
+/// **Halt** (the default): the first failure stops the ring; a waiting producer is released
+/// with an error, and the ring reports which stage failed and why.
+///
+/// ```
+/// use peregrine_ring::{single_producer, FailurePolicy, PublishError, WaitStrategy};
+///
+/// let mut b = single_producer(4, || 0u32)?.wait_strategy(WaitStrategy::blocking());
+/// b.stage("strict", |e: &u32, _: u64, _: bool| assert!(*e < 3, "too big"))
+///     .on_failure(FailurePolicy::Halt)
+///     .add()?;
+/// let (mut p, ring) = b.build()?;
+/// let mut result = Ok(0);
+/// for v in 0..100 {
+///     result = p.publish(|e| *e = v);
+///     if result.is_err() { break; }
+/// }
+/// assert_eq!(result, Err(PublishError::Halted));
+/// assert_eq!(ring.failure().unwrap().0, "strict");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// **LogAndContinue**: the failure is logged through `tracing` and counted; the stage goes
+/// on.
+///
+/// ```
+/// use peregrine_ring::{single_producer, FailurePolicy, WaitStrategy};
+///
+/// let mut b = single_producer(8, || 0u32)?.wait_strategy(WaitStrategy::blocking());
+/// b.try_stage("lenient", |e: &u32, _: u64, _: bool| if *e % 2 == 0 { Ok(()) } else { Err("odd") })
+///     .on_failure(FailurePolicy::LogAndContinue)
+///     .add()?;
+/// let (mut p, ring) = b.build()?;
+/// for v in 0..10 { p.publish(|e| *e = v)?; }
+/// drop(p);
+/// assert_eq!(ring.telemetry().stages[0].failures, 5);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// **Retry**: call the handler again after a jittered exponential backoff; when the retries
+/// are spent, fall back to another policy (here: dead letters).
+///
+/// ```
+/// use peregrine_ring::{single_producer, FailurePolicy, MemoryDeadLetters, WaitStrategy};
+/// use std::{sync::Arc, time::Duration};
+///
+/// let dead = Arc::new(MemoryDeadLetters::new());
+/// let mut tries = 0;
+/// let mut b = single_producer(8, || 0u32)?.wait_strategy(WaitStrategy::blocking());
+/// b.try_stage("flaky-io", move |e: &u32, _: u64, _: bool| {
+///     tries += 1;
+///     // Event 1 succeeds on its second try; event 2 never does.
+///     match (*e, tries) { (1, 2) | (0, _) => Ok(()), _ => Err("io") }
+/// })
+/// .on_failure(FailurePolicy::retry(3, Duration::from_micros(50)).or_else(FailurePolicy::dead_letter(dead.clone())))
+/// .add()?;
+/// let (mut p, _ring) = b.build()?;
+/// for v in 0..3 { p.publish(|e| *e = v)?; }
+/// drop(p);
+/// let letters = dead.take();
+/// assert_eq!(letters.len(), 1);
+/// assert_eq!((letters[0].sequence, letters[0].event), (2, 2));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// **RewindBatch**: replay the whole current batch from its first event (the handler must
+/// be idempotent per batch, e.g. it writes the batch out at `end_of_batch`).
+///
+/// ```
+/// use peregrine_ring::{single_producer, FailurePolicy, WaitStrategy};
+/// use std::sync::{Arc, Mutex};
+///
+/// let written = Arc::new(Mutex::new(Vec::new()));
+/// let out = Arc::clone(&written);
+/// let (mut buffer, mut failed_once) = (Vec::new(), false);
+/// let mut b = single_producer(8, || 0u32)?.wait_strategy(WaitStrategy::blocking());
+/// b.try_stage("batch-writer", move |e: &u32, _: u64, end: bool| {
+///     if *e == 3 && !std::mem::replace(&mut failed_once, true) {
+///         buffer.clear(); // the batch will be replayed from its start
+///         return Err("write failed");
+///     }
+///     buffer.push(*e);
+///     if end { out.lock().unwrap().append(&mut buffer); }
+///     Ok(())
+/// })
+/// .on_failure(FailurePolicy::rewind(2))
+/// .add()?;
+/// let (mut p, _ring) = b.build()?;
+/// p.publish_batch(6, |e, s| *e = s as u32)?;
+/// drop(p);
+/// assert_eq!(*written.lock().unwrap(), [0, 1, 2, 3, 4, 5]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// **DeadLetter**: hand the event, its sequence and the failure to a sink and go on; the
+/// journal crate provides a durable sink, [`MemoryDeadLetters`] keeps them in memory.
+///
+/// ```
+/// use peregrine_ring::{single_producer, FailurePolicy, MemoryDeadLetters, WaitStrategy};
+/// use std::sync::Arc;
+///
+/// let dead = Arc::new(MemoryDeadLetters::new());
+/// let mut b = single_producer(8, || 0u32)?.wait_strategy(WaitStrategy::blocking());
+/// b.stage("parse", |e: &u32, _: u64, _: bool| assert_ne!(*e, 7, "cannot parse 7"))
+///     .on_failure(FailurePolicy::dead_letter(dead.clone()))
+///     .add()?;
+/// let (mut p, _ring) = b.build()?;
+/// for v in 5..10 { p.publish(|e| *e = v)?; }
+/// drop(p);
+/// let letters = dead.take();
+/// assert_eq!((letters[0].sequence, letters[0].event), (2, 7));
+/// assert!(letters[0].failure.contains("cannot parse 7"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub enum FailurePolicy<E> {
     /// Stop the stage and halt the ring; producers waiting for room get
     /// [`PublishError::Halted`](crate::PublishError::Halted).

@@ -128,6 +128,38 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Failures
+//!
+//! A handler's returned error ([`RingBuilder::try_stage`]) or panic never kills its thread
+//! silently: the stage's [`FailurePolicy`] decides (halt, log and continue, retry with
+//! backoff, rewind the batch, or hand the event to a [`DeadLetterSink`]). See
+//! [`FailurePolicy`] for an example of each.
+//!
+//! ## Work pools and exclusive stages
+//!
+//! [`RingBuilder::pool`] adds N workers where each event goes to exactly one of them (a
+//! consumer group), anywhere in the graph. [`RingBuilder::exclusive_stage`] hands its
+//! handler `&mut E`, for a stage that is alone with its events (every other stage upstream
+//! or downstream of it; the builder checks).
+//!
+//! ## Telemetry
+//!
+//! [`Ring::telemetry`] returns plain numbers: per stage its sequence, lag behind the
+//! cursor, events, batch-size histogram and failures; and producer stalls. Counters are
+//! written once per batch by their only writer, cheap enough to leave on.
+//!
+//! ## When the ring is full
+//!
+//! [`RingBuilder::when_full`] chooses what `publish` does: wait by the ring's strategy,
+//! spin, yield, park, wait up to a timeout ([`PublishError::Timeout`]) or fail at once
+//! ([`PublishError::Full`]); [`Producer::publish_timeout`] bounds one publish.
+//!
+//! ## Async
+//!
+//! With the `async` feature, `AsyncProducer` publishes by suspending the task (never
+//! spinning) while the ring is full, and `PollerStream` exposes a poller as a
+//! `futures_core::Stream`; see `examples/tokio_service.rs`.
+//!
 //! ## Wait strategies
 //!
 //! See [`WaitStrategy`] for the table of trade-offs. On a machine with fewer cores than
@@ -153,6 +185,8 @@
 #![warn(clippy::undocumented_unsafe_blocks, missing_debug_implementations)]
 
 pub mod affinity;
+#[cfg(feature = "async")]
+mod asynchronous;
 mod buffer;
 mod builder;
 mod core;
@@ -169,6 +203,8 @@ mod sync;
 mod telemetry;
 pub mod wait;
 
+#[cfg(feature = "async")]
+pub use asynchronous::{AsyncError, AsyncProducer, PollerStream};
 pub use builder::{
     multi_producer, single_producer, Built, Ring, RingBuilder, StageBuilder, StageId,
 };

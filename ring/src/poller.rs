@@ -35,7 +35,17 @@ impl<E, S: Sequencer> Poller<E, S> {
 
     #[inline(always)]
     fn handle(&mut self, end: u64, on_event: impl FnMut(&E, u64, bool)) -> PollState {
-        let n = self.reader.handle(end, &mut FnSink(on_event));
+        self.handle_up_to(end, u64::MAX, on_event)
+    }
+
+    #[inline(always)]
+    fn handle_up_to(
+        &mut self,
+        end: u64,
+        limit: u64,
+        on_event: impl FnMut(&E, u64, bool),
+    ) -> PollState {
+        let n = self.reader.handle_up_to(end, limit, &mut FnSink(on_event));
         self.stats.batch(n);
         PollState::Events(n)
     }
@@ -50,6 +60,23 @@ impl<E, S: Sequencer> Poller<E, S> {
             Some(Ready::Halted) => PollState::Halted,
             None => PollState::Idle,
         }
+    }
+
+    /// Handles at most one event; never waits.
+    #[inline]
+    pub fn poll_one(&mut self, on_event: impl FnMut(&E, u64, bool)) -> PollState {
+        match self.reader.poll() {
+            Some(Ready::Events(end)) => self.handle_up_to(end, 1, on_event),
+            Some(Ready::Drained) => PollState::Drained,
+            Some(Ready::Halted) => PollState::Halted,
+            None => PollState::Idle,
+        }
+    }
+
+    /// Whether sequence moves in this ring signal waiters (async adapters need it).
+    #[cfg(feature = "async")]
+    pub(crate) fn core(&self) -> &crate::core::Core<E, S> {
+        &self.reader.core
     }
 
     /// Waits by the ring's wait strategy until events are ready, then handles them as

@@ -72,6 +72,11 @@ impl<E, S: Sequencer> Producer<E, S> {
         Self { core, local }
     }
 
+    #[cfg(feature = "async")]
+    pub(crate) fn core(&self) -> &Core<E, S> {
+        &self.core
+    }
+
     /// Number of slots in the ring.
     pub fn capacity(&self) -> u64 {
         self.core.slots.capacity()

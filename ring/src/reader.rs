@@ -111,13 +111,13 @@ impl<E, S: Sequencer> Reader<E, S> {
         core.wait.wait(&core.notifier, deadline, || self.poll())
     }
 
-    /// Handles `next .. end` (bounded by the maximum batch) with `on_event`, after
-    /// `on_batch_start`, then advances the sequence. Returns the batch size.
+    /// Handles `next .. end`, at most `limit` events and at most the maximum batch, with
+    /// the sink (`batch_start` first), then advances the sequence. Returns the batch size.
     #[inline(always)]
-    pub(crate) fn handle(&mut self, end: u64, sink: &mut impl Sink<E>) -> u64 {
+    pub(crate) fn handle_up_to(&mut self, end: u64, limit: u64, sink: &mut impl Sink<E>) -> u64 {
         let start = self.next;
         let depth = end - start;
-        let stop = end.min(start.saturating_add(self.max_batch));
+        let stop = end.min(start.saturating_add(limit.min(self.max_batch)));
         sink.batch_start(stop - start, depth);
         let slots = &self.core.slots;
         for s in start..stop {

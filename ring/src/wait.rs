@@ -244,9 +244,13 @@ impl Default for WaitStrategy {
 /// See the [module docs](self) for the protocol.
 #[derive(Debug)]
 pub struct Notifier {
-    /// Number of threads between announcing themselves and leaving [`Notifier::wait`].
+    /// Number of threads between announcing themselves and leaving [`Notifier::wait`],
+    /// plus registered async wakers.
     waiters: CachePadded<AtomicUsize>,
     parker: Parker,
+    /// Tasks waiting for a sequence to move (async adapters).
+    #[cfg(feature = "async")]
+    wakers: std::sync::Mutex<Vec<std::task::Waker>>,
 }
 
 impl Notifier {
@@ -255,6 +259,8 @@ impl Notifier {
         Self {
             waiters: CachePadded::new(AtomicUsize::new(0)),
             parker: Parker::new(),
+            #[cfg(feature = "async")]
+            wakers: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -269,6 +275,8 @@ impl Notifier {
         }
         if self.waiters.load(Ordering::Relaxed) != 0 {
             self.parker.notify_all();
+            #[cfg(feature = "async")]
+            self.wake_tasks();
         }
     }
 
@@ -276,6 +284,34 @@ impl Notifier {
     pub fn signal_all(&self) {
         fence(Ordering::SeqCst);
         self.parker.notify_all();
+        #[cfg(feature = "async")]
+        self.wake_tasks();
+    }
+
+    /// Registers `waker` to be woken by the next signal. The caller must re-check its
+    /// condition after this returns (the same protocol as a parking thread).
+    #[cfg(feature = "async")]
+    pub fn register(&self, waker: &std::task::Waker) {
+        let mut wakers = crate::core::lock(&self.wakers);
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+            self.waiters.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(wakers);
+        // SeqCst fence: orders the registration before the caller's re-check, pairing
+        // with the fence in `signal`.
+        fence(Ordering::SeqCst);
+    }
+
+    #[cfg(feature = "async")]
+    fn wake_tasks(&self) {
+        let wakers = std::mem::take(&mut *crate::core::lock(&self.wakers));
+        if !wakers.is_empty() {
+            self.waiters.fetch_sub(wakers.len(), Ordering::Relaxed);
+            for w in wakers {
+                w.wake();
+            }
+        }
     }
 
     /// Parks until `poll` returns `Some` or the deadline passes.

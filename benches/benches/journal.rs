@@ -1,1 +1,654 @@
-fn main() {}
+//! Journal benchmarks, side by side in one run: appends (single and batched, three payload
+//! sizes, each durability mode) against the floors measured in the same run (a memcpy into a
+//! pre-faulted mapping, a buffered `write(2)` loop), replay and recovery scan rates against a
+//! plain sequential read of the same files, and writer-to-tailer latency across two threads
+//! and two processes next to a two-thread cache-line floor.
+//!
+//! ```text
+//! cargo bench -p peregrine-benches --bench journal             # full run (minutes)
+//! cargo bench -p peregrine-benches --bench journal -- --quick  # seconds (CI)
+//! PEREGRINE_BENCH_QUICK=1 cargo bench -p peregrine-benches --bench journal
+//! ```
+//!
+//! Latency is measured per operation with `Instant` (its own cost is printed as `timer`);
+//! the tailer scenarios stamp each message with its intended send time on a fixed schedule,
+//! so a stalled writer shows up as latency (no coordinated omission). Files go under
+//! `std::env::temp_dir()`; the file system type is printed because it decides what `msync`
+//! costs.
+
+use std::fs::{self, File, OpenOptions};
+use std::hint::black_box;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use hdrhistogram::Histogram;
+use peregrine_journal::{verify, Appender, Config, Durability, Reader, Tailer};
+
+const TAILER_CHILD: &str = "PEREGRINE_JOURNAL_BENCH_TAILER";
+const TAILER_COUNT: &str = "PEREGRINE_JOURNAL_BENCH_COUNT";
+const TAILER_CORE: &str = "PEREGRINE_JOURNAL_BENCH_CORE";
+const PAYLOADS: [usize; 3] = [64, 256, 1024];
+const BATCH: usize = 32;
+
+/// Run sizes; `quick` keeps the whole run to a few seconds.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    quick: bool,
+    records: usize,
+    always_records: usize,
+    segment_size: u64,
+    replay_bytes: u64,
+    tail_messages: usize,
+    tail_interval: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                records: 20_000,
+                always_records: 50,
+                segment_size: 1 << 20,
+                replay_bytes: 16 << 20,
+                tail_messages: 10_000,
+                tail_interval: Duration::from_micros(5),
+            }
+        } else {
+            Plan {
+                quick,
+                records: 2_000_000,
+                always_records: 2_000,
+                segment_size: 32 << 20,
+                replay_bytes: 1 << 30,
+                tail_messages: 1_000_000,
+                tail_interval: Duration::from_micros(2),
+            }
+        }
+    }
+}
+
+fn main() {
+    if let Some(dir) = std::env::var_os(TAILER_CHILD) {
+        tailer_child(Path::new(&dir));
+        return;
+    }
+    // cargo passes `--bench`; anything but `--quick` is ignored.
+    let quick = std::env::args().any(|a| a == "--quick")
+        || std::env::var("PEREGRINE_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let plan = Plan::new(quick);
+    let root = std::env::temp_dir().join(format!("peregrine-journal-bench-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root).expect("create bench directory");
+    let started = Instant::now();
+
+    print_machine(&root, plan);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    if let Some(core) = cores.first() {
+        core_affinity::set_for_current(*core);
+    }
+
+    println!("\n### Appends\n");
+    println!(
+        "| scenario | payload | durability | records | Mrec/s | MB/s | p50 | p99 | p99.9 | p99.99 | max | thr vs memcpy | thr vs write(2) | p99.99/p50 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let timer = timer_overhead(plan.records);
+    print_row("timer (Instant::now pair)", "-", "-", &timer, None);
+    for payload in PAYLOADS {
+        append_scenarios(&root, plan, payload);
+    }
+
+    println!("\n### Replay and recovery\n");
+    replay_scenarios(&root, plan);
+
+    println!("\n### Writer to tailer (40-byte messages, intended-time start)\n");
+    if cores.len() < 2 {
+        println!(
+            "skipped: needs 2 cores to pin a busy-spinning writer and tailer, found {}",
+            cores.len()
+        );
+    } else {
+        tail_scenarios(&root, plan, cores[0], cores[1]);
+    }
+
+    let _ = fs::remove_dir_all(&root);
+    println!("\ntotal bench time: {:.2?}", started.elapsed());
+}
+
+fn print_machine(root: &Path, plan: Plan) {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "## peregrine-journal bench ({})",
+        if plan.quick { "quick" } else { "full" }
+    );
+    println!();
+    println!(
+        "machine: {cpu}, {} cpus, kernel {}; temp dir {} on {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim(),
+        root.display(),
+        fs_type(root)
+    );
+    println!(
+        "plan: {} records per append scenario ({} under Always), segments of {} MiB, replay over {} MiB, {} tailer messages every {:?}",
+        plan.records,
+        plan.always_records,
+        plan.segment_size >> 20,
+        plan.replay_bytes >> 20,
+        plan.tail_messages,
+        plan.tail_interval
+    );
+}
+
+fn fs_type(path: &Path) -> &'static str {
+    use std::os::unix::ffi::OsStrExt;
+    let mut c_path = path.as_os_str().as_bytes().to_vec();
+    c_path.push(0);
+    // SAFETY: `statfs` zero-initialised is a valid value (plain integers).
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is NUL-terminated and `stat` is a valid out-pointer.
+    let rc = unsafe { libc::statfs(c_path.as_ptr().cast(), &mut stat) };
+    if rc != 0 {
+        return "unknown fs";
+    }
+    match stat.f_type as i64 {
+        0xEF53 => "ext4",
+        0x0102_1994 => "tmpfs",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x794C_7630 => "overlayfs",
+        _ => "other fs",
+    }
+}
+
+/// Throughput and latency of one scenario.
+struct Measured {
+    records: usize,
+    payload: usize,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Measured {
+    fn records_per_sec(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("histogram bounds")
+}
+
+fn ns(v: u64) -> String {
+    if v < 10_000 {
+        format!("{v} ns")
+    } else if v < 10_000_000 {
+        format!("{:.1} µs", v as f64 / 1e3)
+    } else {
+        format!("{:.1} ms", v as f64 / 1e6)
+    }
+}
+
+fn percentiles(h: &Histogram<u64>) -> String {
+    format!(
+        "{} | {} | {} | {} | {}",
+        ns(h.value_at_quantile(0.50)),
+        ns(h.value_at_quantile(0.99)),
+        ns(h.value_at_quantile(0.999)),
+        ns(h.value_at_quantile(0.9999)),
+        ns(h.max())
+    )
+}
+
+/// Prints one append row; `floors` are (memcpy, write) throughputs in records/s.
+fn print_row(scenario: &str, payload: &str, mode: &str, m: &Measured, floors: Option<(f64, f64)>) {
+    let rate = m.records_per_sec();
+    let (vs_memcpy, vs_write) = match floors {
+        Some((memcpy, write)) => (
+            format!("{:.2}", rate / memcpy),
+            format!("{:.2}", rate / write),
+        ),
+        None => ("-".into(), "-".into()),
+    };
+    let p50 = m.latency.value_at_quantile(0.5).max(1);
+    println!(
+        "| {scenario} | {payload} | {mode} | {} | {:.2} | {:.0} | {} | {vs_memcpy} | {vs_write} | {:.1} |",
+        m.records,
+        rate / 1e6,
+        rate * m.payload as f64 / 1e6,
+        percentiles(&m.latency),
+        m.latency.value_at_quantile(0.9999) as f64 / p50 as f64
+    );
+}
+
+/// Runs `op` `records` times untimed (throughput), then `records` times timed one by one.
+fn measure(records: usize, payload: usize, mut op: impl FnMut(usize)) -> Measured {
+    for i in 0..records / 10 {
+        op(i);
+    }
+    let start = Instant::now();
+    for i in 0..records {
+        op(i);
+    }
+    let elapsed = start.elapsed();
+    let mut latency = histogram();
+    for i in 0..records {
+        let t = Instant::now();
+        op(i);
+        latency.saturating_record(t.elapsed().as_nanos() as u64);
+    }
+    Measured {
+        records,
+        payload,
+        elapsed,
+        latency,
+    }
+}
+
+fn timer_overhead(records: usize) -> Measured {
+    measure(records, 0, |i| {
+        black_box(i);
+    })
+}
+
+fn record_len(payload: usize) -> usize {
+    (16 + payload + 7) & !7
+}
+
+/// Floor: copy the same bytes a record takes into a pre-faulted shared file mapping.
+fn memcpy_floor(root: &Path, plan: Plan, payload: usize) -> Measured {
+    let path = root.join("memcpy-floor");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("floor file");
+    file.set_len(plan.segment_size).expect("floor size");
+    // SAFETY: a private file this process just created; nothing else maps or truncates it.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map floor");
+    map.fill(0); // pre-fault every page for writing
+    let data = vec![0xA5u8; payload];
+    let header = [0x5Au8; 16];
+    let len = record_len(payload);
+    let mut offset = 0usize;
+    let m = measure(plan.records, payload, |_| {
+        if offset + len > map.len() {
+            offset = 0;
+        }
+        map[offset..offset + 16].copy_from_slice(&header);
+        map[offset + 16..offset + 16 + payload].copy_from_slice(black_box(&data));
+        offset += len;
+    });
+    drop(map);
+    let _ = fs::remove_file(path);
+    m
+}
+
+/// Floor: the same bytes through a 64 KiB `BufWriter` over `write(2)`.
+fn write_floor(root: &Path, plan: Plan, payload: usize) -> Measured {
+    let path = root.join("write-floor");
+    let file = File::create(&path).expect("floor file");
+    let mut out = BufWriter::with_capacity(64 * 1024, file);
+    let mut record = vec![0xA5u8; record_len(payload)];
+    record[..16].fill(0x5A);
+    let m = measure(plan.records, payload, |_| {
+        out.write_all(black_box(&record)).expect("write floor");
+    });
+    drop(out);
+    let _ = fs::remove_file(path);
+    m
+}
+
+fn modes() -> [(&'static str, Durability); 3] {
+    [
+        ("none", Durability::None),
+        (
+            "batch(64, 1ms)",
+            Durability::Batch {
+                max_records: 64,
+                max_delay: Duration::from_millis(1),
+            },
+        ),
+        ("always", Durability::Always),
+    ]
+}
+
+fn journal_config(plan: Plan, durability: Durability) -> Config {
+    Config::default()
+        .segment_size(plan.segment_size)
+        .durability(durability)
+        .pretouch(true)
+}
+
+fn append_scenarios(root: &Path, plan: Plan, payload: usize) {
+    let memcpy = memcpy_floor(root, plan, payload);
+    let write = write_floor(root, plan, payload);
+    let floors = Some((memcpy.records_per_sec(), write.records_per_sec()));
+    let size = format!("{payload} B");
+    print_row(
+        "floor: memcpy to pre-faulted mapping",
+        &size,
+        "-",
+        &memcpy,
+        floors,
+    );
+    print_row("floor: buffered write(2)", &size, "-", &write, floors);
+    let data = vec![0xA5u8; payload];
+    for (name, durability) in modes() {
+        let records = if durability == Durability::Always {
+            plan.always_records
+        } else {
+            plan.records
+        };
+        let dir = root.join(format!("append-{payload}-{name}"));
+        let (mut appender, _) =
+            Appender::open(&dir, journal_config(plan, durability)).expect("open journal");
+        let m = measure(records, payload, |_| {
+            appender.append(black_box(&data)).expect("append");
+        });
+        drop(appender);
+        print_row("journal append", &size, name, &m, floors);
+        let _ = fs::remove_dir_all(&dir);
+
+        // Batched: one `append_batch` of BATCH records per operation; latency is per batch.
+        let dir = root.join(format!("batch-{payload}-{name}"));
+        let (mut appender, _) =
+            Appender::open(&dir, journal_config(plan, durability)).expect("open journal");
+        let batch: Vec<&[u8]> = vec![&data; BATCH];
+        let mut m = measure(records.div_ceil(BATCH).max(2), payload, |_| {
+            appender
+                .append_batch(black_box(&batch))
+                .expect("append batch");
+        });
+        m.records *= BATCH;
+        drop(appender);
+        print_row(
+            &format!("journal append_batch x{BATCH} (latency per batch)"),
+            &size,
+            name,
+            &m,
+            floors,
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+fn replay_scenarios(root: &Path, plan: Plan) {
+    let dir = root.join("replay");
+    let payload = vec![0x3Cu8; 256];
+    let records = (plan.replay_bytes / record_len(payload.len()) as u64) as usize;
+    let (mut appender, _) =
+        Appender::open(&dir, journal_config(plan, Durability::None)).expect("open journal");
+    let write_start = Instant::now();
+    for chunk in 0..records / BATCH {
+        let _ = chunk;
+        appender
+            .append_batch(std::iter::repeat(&payload[..]).take(BATCH))
+            .expect("append");
+    }
+    let write_time = write_start.elapsed();
+    drop(appender);
+    let files: Vec<PathBuf> = {
+        let mut f: Vec<PathBuf> = fs::read_dir(&dir)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        f.sort();
+        f
+    };
+    let bytes: u64 = files
+        .iter()
+        .map(|f| fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+
+    // Plain sequential read of the same files (page cache warm after the first pass).
+    let mut buf = vec![0u8; 1 << 20];
+    let plain = |buf: &mut Vec<u8>| {
+        let start = Instant::now();
+        let mut sum = 0u64;
+        for f in &files {
+            let mut file = File::open(f).expect("open segment");
+            loop {
+                let n = file.read(buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                sum = sum.wrapping_add(u64::from(buf[n - 1]));
+            }
+        }
+        black_box(sum);
+        start.elapsed()
+    };
+    plain(&mut buf);
+    let plain_time = plain(&mut buf);
+
+    let replay = || {
+        let start = Instant::now();
+        let mut reader = Reader::open(&dir).expect("reader");
+        let mut n = 0u64;
+        let mut sum = 0u64;
+        while let Some(record) = reader.next().expect("read") {
+            n += 1;
+            sum = sum.wrapping_add(u64::from(record.payload()[0]));
+        }
+        black_box(sum);
+        assert_eq!(n as usize, records / BATCH * BATCH);
+        start.elapsed()
+    };
+    replay();
+    let replay_time = replay();
+
+    let verify_start = Instant::now();
+    let report = verify(&dir).expect("verify");
+    let verify_time = verify_start.elapsed();
+    assert_eq!(report.records as usize, records / BATCH * BATCH);
+
+    let open_start = Instant::now();
+    let (appender, recovery) =
+        Appender::open(&dir, journal_config(plan, Durability::None)).expect("reopen");
+    let open_time = open_start.elapsed();
+    drop(appender);
+
+    let gbps = |t: Duration| bytes as f64 / t.as_secs_f64() / 1e9;
+    println!(
+        "journal: {} segments, {} MiB, {} records of 256 B (written in {:.2?})\n",
+        files.len(),
+        bytes >> 20,
+        report.records,
+        write_time
+    );
+    println!("| scenario | time | GB/s | vs plain read |");
+    println!("|---|---|---|---|");
+    println!("| floor: plain sequential read(2) of the segment files | {plain_time:.2?} | {:.2} | 1.00 |", gbps(plain_time));
+    println!(
+        "| replay: Reader from 0, CRC checked | {replay_time:.2?} | {:.2} | {:.2} |",
+        gbps(replay_time),
+        plain_time.as_secs_f64() / replay_time.as_secs_f64()
+    );
+    println!(
+        "| recovery scan: verify (every record of every segment) | {verify_time:.2?} | {:.2} | {:.2} |",
+        gbps(verify_time),
+        plain_time.as_secs_f64() / verify_time.as_secs_f64()
+    );
+    println!(
+        "| recovery on open: Appender::open (headers + tail segment of {} records) | {open_time:.2?} | - | - |",
+        recovery.tail_records
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one machine.
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Appends `count` 40-byte messages on a fixed schedule, each stamped with its intended send
+/// time.
+fn paced_writer(dir: &Path, plan: Plan, count: usize) {
+    let config = Config::default().segment_size((plan.segment_size / 4).max(1 << 20));
+    let (mut appender, _) = Appender::open(dir, config).expect("open journal");
+    let interval = plan.tail_interval.as_nanos() as u64;
+    let start = now_ns() + 1_000_000;
+    let mut message = [0u8; 40];
+    for i in 0..count as u64 {
+        let intended = start + i * interval;
+        while now_ns() < intended {
+            std::hint::spin_loop();
+        }
+        message[..8].copy_from_slice(&intended.to_le_bytes());
+        appender.append(&message).expect("append");
+    }
+}
+
+/// Reads `count` messages, recording receive time minus intended send time.
+fn tail_into(tailer: &mut Tailer, count: usize) -> Histogram<u64> {
+    let mut h = histogram();
+    let mut received = 0;
+    while received < count {
+        if let Some(record) = tailer.try_next().expect("tail") {
+            let now = now_ns();
+            let sent = u64::from_le_bytes(record.payload()[..8].try_into().expect("stamp"));
+            h.saturating_record(now.saturating_sub(sent));
+            received += 1;
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    h
+}
+
+fn tailer_child(dir: &Path) {
+    let count: usize = std::env::var(TAILER_COUNT)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("count");
+    // The parent names the core: a child inherits the parent's pinning, so its own list of
+    // usable cores would hold only the writer's core.
+    if let Some(id) = std::env::var(TAILER_CORE).ok().and_then(|v| v.parse().ok()) {
+        core_affinity::set_for_current(core_affinity::CoreId { id });
+    }
+    let mut tailer = Tailer::open(dir, 0).expect("tailer");
+    println!("ready");
+    std::io::stdout().flush().expect("flush");
+    let h = tail_into(&mut tailer, count);
+    println!(
+        "{} {} {} {} {}",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.value_at_quantile(0.9999),
+        h.max()
+    );
+}
+
+fn tail_scenarios(
+    root: &Path,
+    plan: Plan,
+    writer_core: core_affinity::CoreId,
+    tailer_core: core_affinity::CoreId,
+) {
+    println!("| scenario | messages | p50 | p99 | p99.9 | p99.99 | max |");
+    println!("|---|---|---|---|---|---|---|");
+
+    // Floor: two threads bouncing a counter through two cache lines; one way = round trip / 2.
+    let ping = Arc::new(CachePadded::new(AtomicU64::new(0)));
+    let pong = Arc::new(CachePadded::new(AtomicU64::new(0)));
+    let rounds = plan.tail_messages as u64;
+    let echo = {
+        let (ping, pong) = (ping.clone(), pong.clone());
+        std::thread::spawn(move || {
+            core_affinity::set_for_current(tailer_core);
+            for i in 1..=rounds {
+                while ping.load(Ordering::Acquire) != i {
+                    std::hint::spin_loop();
+                }
+                pong.store(i, Ordering::Release);
+            }
+        })
+    };
+    core_affinity::set_for_current(writer_core);
+    let mut floor = histogram();
+    for i in 1..=rounds {
+        let t = now_ns();
+        ping.store(i, Ordering::Release);
+        while pong.load(Ordering::Acquire) != i {
+            std::hint::spin_loop();
+        }
+        floor.saturating_record((now_ns() - t) / 2);
+    }
+    echo.join().expect("echo thread");
+    println!(
+        "| floor: cache-line one way (round trip / 2), two threads | {rounds} | {} |",
+        percentiles(&floor)
+    );
+
+    // Two threads.
+    let dir = root.join("tail-threads");
+    fs::create_dir_all(&dir).expect("dir");
+    let mut tailer = Tailer::open(&dir, 0).expect("tailer");
+    let count = plan.tail_messages;
+    let reader = std::thread::spawn(move || {
+        core_affinity::set_for_current(tailer_core);
+        tail_into(&mut tailer, count)
+    });
+    paced_writer(&dir, plan, count);
+    let h = reader.join().expect("tailer thread");
+    println!(
+        "| journal writer -> Tailer, two threads | {count} | {} |",
+        percentiles(&h)
+    );
+    let _ = fs::remove_dir_all(&dir);
+
+    // Two processes: this binary re-executed as the tailer.
+    let dir = root.join("tail-processes");
+    fs::create_dir_all(&dir).expect("dir");
+    let mut child = Command::new(std::env::current_exe().expect("current exe"))
+        .env(TAILER_CHILD, &dir)
+        .env(TAILER_COUNT, count.to_string())
+        .env(TAILER_CORE, tailer_core.id.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn tailer process");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("ready line").expect("read"), "ready");
+    paced_writer(&dir, plan, count);
+    let result = lines.next().expect("result line").expect("read");
+    child.wait().expect("tailer process");
+    let v: Vec<u64> = result
+        .split(' ')
+        .map(|x| x.parse().expect("number"))
+        .collect();
+    println!(
+        "| journal writer -> Tailer, two processes | {count} | {} | {} | {} | {} | {} |",
+        ns(v[0]),
+        ns(v[1]),
+        ns(v[2]),
+        ns(v[3]),
+        ns(v[4])
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

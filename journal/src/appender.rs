@@ -12,6 +12,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -111,6 +112,10 @@ impl Config {
     /// Whether a background thread creates, preallocates and pre-faults the next segment
     /// while the current one fills, keeping page faults and file creation off the append
     /// path. Default `true`.
+    ///
+    /// The background thread does not inherit the appending thread's CPU pinning: it may run
+    /// on any CPU the process is allowed, so it never time-slices with a busy-spinning
+    /// appender pinned to its own core.
     #[must_use]
     pub fn pretouch(mut self, pretouch: bool) -> Self {
         self.pretouch = pretouch;
@@ -234,8 +239,8 @@ pub struct Appender {
     /// Stored before anything else happens, so a panic inside a batch's iterator never leaves
     /// a hole that stops readers.
     uncommitted: Option<(usize, u32)>,
-    /// The next segment, being prepared in the background.
-    next: Option<JoinHandle<Result<Prepared, Fault>>>,
+    /// The background thread that prepares the next segment and unmaps retired ones.
+    pretoucher: Option<Pretoucher>,
     /// Set while a roll is in progress; stays set if the roll failed half way.
     failed: bool,
     max_payload: usize,
@@ -333,7 +338,7 @@ impl Appender {
             pending_records: 0,
             pending_since: None,
             uncommitted: None,
-            next: None,
+            pretoucher: None,
             failed: false,
             active,
             _lock: lock,
@@ -579,18 +584,37 @@ impl Appender {
         Ok(())
     }
 
-    /// Starts preparing the segment after the active one in the background.
+    /// Asks the background thread to prepare the segment after the active one, starting the
+    /// thread on first use.
     fn prepare_next(&mut self) {
-        if !self.config.pretouch || self.next.is_some() {
+        if !self.config.pretouch {
             return;
         }
-        let dir = self.dir.clone();
+        if self.pretoucher.is_none() {
+            self.pretoucher = Pretoucher::start(self.dir.clone(), self.config.segment_size);
+        }
         let index = self.active.header.index + 1;
-        let size = self.config.segment_size;
-        self.next = std::thread::Builder::new()
-            .name("journal-pretouch".into())
-            .spawn(move || catalog::prepare(&dir, index, size, true))
-            .ok();
+        if let Some(pretoucher) = &mut self.pretoucher {
+            if pretoucher.pending.is_none() && pretoucher.jobs.send(Job::Prepare(index)).is_ok() {
+                pretoucher.pending = Some(index);
+            }
+        }
+    }
+
+    /// The prepared segment `index`: from the background thread when it has (or is making)
+    /// one, otherwise made here, without pre-faulting.
+    fn take_prepared(&mut self, index: u64) -> Result<Prepared, Fault> {
+        if let Some(pretoucher) = &mut self.pretoucher {
+            if pretoucher.pending.take() == Some(index) {
+                if let Ok(Ok(prepared)) = pretoucher.ready.recv() {
+                    if prepared.index == index {
+                        return Ok(prepared);
+                    }
+                }
+            }
+        }
+        // Not prepared, or preparing failed: do it here, reporting errors.
+        catalog::prepare(&self.dir, index, self.config.segment_size, false)
     }
 
     /// Moves to the next segment: publish its header, seal the active one, rename the new one
@@ -604,11 +628,7 @@ impl Appender {
             self.flush()?;
         }
         let index = self.active.header.index + 1;
-        let prepared = match self.next.take().map(JoinHandle::join) {
-            Some(Ok(Ok(prepared))) if prepared.index == index => prepared,
-            // Not prepared, or preparing failed or panicked: do it here, reporting errors.
-            _ => catalog::prepare(&self.dir, index, self.config.segment_size, false)?,
-        };
+        let prepared = self.take_prepared(index)?;
         let size = self.active.map.bytes().len();
         if self.offset + 4 <= size {
             self.active.map.store_u32(self.offset, SEAL);
@@ -630,7 +650,18 @@ impl Appender {
         self.offset = active.header.data_offset as usize;
         self.sync_from = self.offset;
         self.next_slot = 0;
-        self.active = active;
+        let retired = std::mem::replace(&mut self.active, active);
+        // Unmapping a large dirty mapping takes tens of microseconds: not on this thread.
+        match &self.pretoucher {
+            Some(pretoucher) => {
+                if let Err(mpsc::SendError(Job::Retire(retired))) =
+                    pretoucher.jobs.send(Job::Retire(Box::new(retired)))
+                {
+                    drop(retired);
+                }
+            }
+            None => drop(retired),
+        }
         self.failed = false;
         self.prepare_next();
         Ok(())
@@ -644,11 +675,94 @@ impl Drop for Appender {
             // Errors cannot be reported from drop; call `sync` first to see them.
             let _ = self.flush();
         }
-        if let Some(handle) = self.next.take() {
-            // The prepared file stays as `.seg.pre`; the next open removes it.
+        if let Some(Pretoucher {
+            jobs,
+            ready,
+            handle,
+            ..
+        }) = self.pretoucher.take()
+        {
+            // The thread finishes its queue and exits; a prepared file stays as `.seg.pre`
+            // and the next open removes it.
+            drop(jobs);
             let _ = handle.join();
+            drop(ready);
         }
     }
+}
+
+/// Work for the background thread.
+enum Job {
+    /// Create, preallocate and pre-fault this segment under its prepared name.
+    Prepare(u64),
+    /// Unmap and close a segment the appender has left.
+    Retire(Box<Active>),
+}
+
+/// The appender's background thread: prepares the next segment while the current one fills,
+/// and unmaps the previous one, so a roll costs a header write, a seal and a rename.
+#[derive(Debug)]
+struct Pretoucher {
+    jobs: mpsc::Sender<Job>,
+    ready: mpsc::Receiver<Result<Prepared, Fault>>,
+    /// Index of the segment asked for and not yet received.
+    pending: Option<u64>,
+    handle: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Prepare(index) => f.debug_tuple("Prepare").field(index).finish(),
+            Job::Retire(active) => f.debug_tuple("Retire").field(&active.path).finish(),
+        }
+    }
+}
+
+impl Pretoucher {
+    /// Starts the thread; `None` if it cannot be spawned (rolls then prepare inline).
+    fn start(dir: PathBuf, segment_size: u64) -> Option<Pretoucher> {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("journal-pretouch".into())
+            .spawn(move || {
+                unpin_current_thread();
+                for job in job_rx {
+                    match job {
+                        Job::Prepare(index) => {
+                            let prepared = catalog::prepare(&dir, index, segment_size, true);
+                            if ready_tx.send(prepared).is_err() {
+                                break;
+                            }
+                        }
+                        Job::Retire(active) => drop(active),
+                    }
+                }
+            })
+            .ok()?;
+        Some(Pretoucher {
+            jobs,
+            ready,
+            pending: None,
+            handle,
+        })
+    }
+}
+
+/// Lets the calling (background) thread run on every CPU the process may use: a thread
+/// inherits its creator's affinity, and the creator is often an appender pinned to one core.
+/// Failure only means the thread stays where it was.
+fn unpin_current_thread() {
+    // SAFETY: `cpu_set_t` is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in 0..libc::CPU_SETSIZE as usize {
+        // SAFETY: `cpu < CPU_SETSIZE`, the number of bits in `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid `cpu_set_t` of the size passed; pid 0 is the calling thread.
+    // The kernel drops CPUs outside the process's cpuset.
+    let _ = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
 }
 
 /// Writes the header of a prepared segment and renames it to its published name.

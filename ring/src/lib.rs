@@ -182,6 +182,8 @@
 //! mask is [`BuildError::CoreUnavailable`], checked before any thread starts.
 
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
+// The README's examples compile and run as doc tests.
+#![cfg_attr(doctest, doc = include_str!("../../README.md"))]
 #![warn(clippy::undocumented_unsafe_blocks, missing_debug_implementations)]
 
 pub mod affinity;

@@ -1,4 +1,16 @@
-//! peregrine: the facade crate. Re-exports the ring, journal and reactor crates.
+//! peregrine: a lock-free, thread-per-core event runtime.
+//!
+//! This is the one dependency a user adds. It re-exports the ring
+//! ([`ring`]: `peregrine-ring`), the journal ([`journal`]: `peregrine-journal`) and the
+//! reactor ([`reactor`]: `peregrine-reactor`), and adds the composition: [`placement`] of
+//! stages on cores and [`metrics`] in Prometheus text format.
+
+#![deny(unsafe_op_in_unsafe_fn, missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks, missing_debug_implementations)]
+
 pub use peregrine_journal as journal;
 pub use peregrine_reactor as reactor;
 pub use peregrine_ring as ring;
+
+pub mod metrics;
+pub mod placement;

@@ -31,11 +31,13 @@ use hdrhistogram::Histogram;
 use peregrine_ring::Telemetry;
 
 type TelemetrySource = Box<dyn Fn() -> Telemetry + Send + Sync>;
+/// The histograms of every recorder of one latency name.
+type Recorders = Vec<Arc<Mutex<Histogram<u64>>>>;
 
 #[derive(Default)]
 struct Inner {
     rings: Mutex<Vec<(String, TelemetrySource)>>,
-    latencies: Mutex<Vec<(String, Vec<Arc<Mutex<Histogram<u64>>>>)>>,
+    latencies: Mutex<Vec<(String, Recorders)>>,
     counters: Mutex<Vec<(String, String, Counter)>>,
 }
 

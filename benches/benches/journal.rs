@@ -40,6 +40,7 @@ const BATCH: usize = 32;
 struct Plan {
     quick: bool,
     records: usize,
+    batch_records: usize,
     always_records: usize,
     segment_size: u64,
     replay_bytes: u64,
@@ -53,7 +54,8 @@ impl Plan {
             Plan {
                 quick,
                 records: 20_000,
-                always_records: 50,
+                batch_records: 640,
+                always_records: 20,
                 segment_size: 1 << 20,
                 replay_bytes: 16 << 20,
                 tail_messages: 10_000,
@@ -63,6 +65,7 @@ impl Plan {
             Plan {
                 quick,
                 records: 2_000_000,
+                batch_records: 200_000,
                 always_records: 2_000,
                 segment_size: 32 << 20,
                 replay_bytes: 1 << 30,
@@ -145,8 +148,9 @@ fn print_machine(root: &Path, plan: Plan) {
         fs_type(root)
     );
     println!(
-        "plan: {} records per append scenario ({} under Always), segments of {} MiB, replay over {} MiB, {} tailer messages every {:?}",
+        "plan: {} records per append scenario ({} under Batch, {} under Always), segments of {} MiB, replay over {} MiB, {} tailer messages every {:?}",
         plan.records,
+        plan.batch_records,
         plan.always_records,
         plan.segment_size >> 20,
         plan.replay_bytes >> 20,
@@ -352,10 +356,10 @@ fn append_scenarios(root: &Path, plan: Plan, payload: usize) {
     print_row("floor: buffered write(2)", &size, "-", &write, floors);
     let data = vec![0xA5u8; payload];
     for (name, durability) in modes() {
-        let records = if durability == Durability::Always {
-            plan.always_records
-        } else {
-            plan.records
+        let records = match durability {
+            Durability::None => plan.records,
+            Durability::Batch { .. } => plan.batch_records,
+            Durability::Always => plan.always_records,
         };
         let dir = root.join(format!("append-{payload}-{name}"));
         let (mut appender, _) =
@@ -397,11 +401,9 @@ fn replay_scenarios(root: &Path, plan: Plan) {
     let (mut appender, _) =
         Appender::open(&dir, journal_config(plan, Durability::None)).expect("open journal");
     let write_start = Instant::now();
-    for chunk in 0..records / BATCH {
-        let _ = chunk;
-        appender
-            .append_batch(std::iter::repeat(&payload[..]).take(BATCH))
-            .expect("append");
+    let batch: Vec<&[u8]> = vec![&payload[..]; BATCH];
+    for _ in 0..records / BATCH {
+        appender.append_batch(&batch).expect("append");
     }
     let write_time = write_start.elapsed();
     drop(appender);

@@ -235,6 +235,9 @@ pub struct Appender {
     sync_from: usize,
     pending_records: u32,
     pending_since: Option<Instant>,
+    /// Under `Durability::None`, segments were left since the last sync without an `msync`:
+    /// the next sync also syncs the file system.
+    rolled_since_sync: bool,
     /// First record of a batch in progress: written but its length word not yet stored.
     /// Stored before anything else happens, so a panic inside a batch's iterator never leaves
     /// a hole that stops readers.
@@ -337,6 +340,7 @@ impl Appender {
             sync_from: tail.offset,
             pending_records: 0,
             pending_since: None,
+            rolled_since_sync: false,
             uncommitted: None,
             pretoucher: None,
             failed: false,
@@ -490,9 +494,8 @@ impl Appender {
         let sequence = self.next_sequence;
         let bytes = &mut self.active.map.bytes_mut()[offset..offset + total];
         bytes[8..16].copy_from_slice(&sequence.to_le_bytes());
-        let payload = &mut bytes[RECORD_HEADER_LEN..];
-        fill(payload);
-        let crc = record_crc(length_word, sequence, payload);
+        fill(&mut bytes[RECORD_HEADER_LEN..]);
+        let crc = record_crc(length_word, &bytes[8..]);
         bytes[4..8].copy_from_slice(&crc.to_le_bytes());
         self.offset = offset + align8(total);
         (offset, length_word)
@@ -562,8 +565,13 @@ impl Appender {
         }
     }
 
-    /// `msync`s the active segment from `sync_from` to the write offset.
+    /// `msync`s the active segment from `sync_from` to the write offset (and, after rolls
+    /// under `Durability::None`, the segments left behind, with `syncfs`).
     fn flush(&mut self) -> Result<(), AppendError> {
+        if self.rolled_since_sync {
+            catalog::sync_fs(&self.dir)?;
+            self.rolled_since_sync = false;
+        }
         let end = self.offset.min(self.active.map.bytes().len());
         if end > self.sync_from {
             self.active
@@ -626,6 +634,8 @@ impl Appender {
         let durable_mode = self.config.durability != Durability::None;
         if durable_mode {
             self.flush()?;
+        } else {
+            self.rolled_since_sync = true;
         }
         let index = self.active.header.index + 1;
         let prepared = self.take_prepared(index)?;

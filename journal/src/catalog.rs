@@ -169,6 +169,17 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), Fault> {
         .map_err(Fault::io(dir))
 }
 
+/// `syncfs` of the file system holding `dir`: makes every segment written through a mapping
+/// that has since been unmapped durable, without keeping their descriptors.
+pub(crate) fn sync_fs(dir: &Path) -> Result<(), Fault> {
+    let file = File::open(dir).map_err(Fault::io(dir))?;
+    // SAFETY: `syncfs` on a descriptor we own; it touches no memory.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } != 0 {
+        return Err(Fault::Io(dir.to_path_buf(), io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// A segment file created, preallocated and mapped, under its `.seg.pre` name, header not
 /// yet written: the appender publishes it when it rolls.
 #[derive(Debug)]

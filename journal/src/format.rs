@@ -15,7 +15,7 @@
 //! +-------------+-------------+-----------------+-------------------+---------+
 //! length = 16 + payload length (never 0); 0 means "nothing written here yet";
 //! u32::MAX means "segment sealed, continue in the next segment".
-//! crc32c covers the length word, the sequence and the payload.
+//! crc32c: CRC register seeded with the length word, over the sequence and the payload.
 //! ```
 //!
 //! Header fields (little endian): magic `PRGNJRNL` at 0, format version u32 at 8, header
@@ -202,13 +202,12 @@ pub(crate) fn read_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// CRC32C of a record: its length word, sequence and payload.
+/// CRC32C of a record: the CRC register is seeded with the length word, then the sequence
+/// and payload (contiguous in the record, `body` = bytes `8 .. length`) are folded in. One pass
+/// over contiguous bytes, and a changed length changes the checksum like changed data would.
 #[inline]
-pub(crate) fn record_crc(length: u32, sequence: u64, payload: &[u8]) -> u32 {
-    let mut head = [0u8; 12];
-    head[0..4].copy_from_slice(&length.to_le_bytes());
-    head[4..12].copy_from_slice(&sequence.to_le_bytes());
-    crc32c::crc32c_append(crc32c::crc32c(&head), payload)
+pub(crate) fn record_crc(length: u32, body: &[u8]) -> u32 {
+    crc32c::crc32c_append(length, body)
 }
 
 /// What one step of a record scan found at an offset.
@@ -251,8 +250,7 @@ pub(crate) fn step(bytes: &[u8], offset: usize, length_word: u32, expected_seque
         return Step::Invalid("sequence out of order");
     }
     let crc = read_u32(bytes, offset + 4);
-    let payload = &bytes[offset + RECORD_HEADER_LEN..offset + len];
-    if record_crc(length_word, sequence, payload) != crc {
+    if record_crc(length_word, &bytes[offset + 8..offset + len]) != crc {
         return Step::Invalid("checksum mismatch");
     }
     Step::Record { len }

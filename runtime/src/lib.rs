@@ -14,3 +14,4 @@ pub use peregrine_ring as ring;
 
 pub mod metrics;
 pub mod placement;
+pub mod signals;

@@ -12,6 +12,7 @@ pub use peregrine_journal as journal;
 pub use peregrine_reactor as reactor;
 pub use peregrine_ring as ring;
 
+pub mod journaled;
 pub mod metrics;
 pub mod placement;
 pub mod signals;

@@ -275,7 +275,7 @@ impl SnapshotStore {
                 Some((seq, e.path()))
             })
             .collect();
-        names.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        names.sort_unstable_by_key(|n| std::cmp::Reverse(n.0));
         for (seq, path) in names {
             match read_snapshot(&path) {
                 Some((s, body)) if s == seq => return Ok(Some((seq, body))),

@@ -240,6 +240,19 @@ fn durability_watermarks() {
 }
 
 #[test]
+fn sync_under_none_covers_rolled_segments() {
+    let dir = TempDir::new("sync-none");
+    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    for s in 0..3000 {
+        appender.append(&pattern(s)).unwrap();
+    }
+    assert!(appender.segment_index() > 0);
+    assert_eq!(appender.durable_watermark(), 0);
+    assert_eq!(appender.sync().unwrap(), 3000);
+    assert_eq!(appender.sync_if_due().unwrap(), 3000);
+}
+
+#[test]
 fn second_writer_rejected() {
     let dir = TempDir::new("lock");
     let (appender, _) = Appender::open(dir.path(), small_config()).unwrap();

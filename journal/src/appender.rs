@@ -72,6 +72,7 @@ pub struct Config {
     index_block: u32,
     durability: Durability,
     pretouch: bool,
+    repair_corrupt_tail: bool,
 }
 
 impl Default for Config {
@@ -81,6 +82,7 @@ impl Default for Config {
             index_block: 4096,
             durability: Durability::None,
             pretouch: true,
+            repair_corrupt_tail: false,
         }
     }
 }
@@ -119,6 +121,19 @@ impl Config {
     #[must_use]
     pub fn pretouch(mut self, pretouch: bool) -> Self {
         self.pretouch = pretouch;
+        self
+    }
+
+    /// What [`Appender::open`] does when the tail segment holds a record that fails
+    /// validation and valid records follow it. That is damage, not a torn write (a killed
+    /// appender leaves a zero length word, never a wrong one), though a power loss can
+    /// produce it for records that were not yet durable. `false` (the default): opening
+    /// fails with [`OpenError::Corrupt`] naming the segment and offset, so an operator
+    /// decides. `true`: the bad record and everything after it are zeroed and reported in
+    /// the [`RecoveryReport`], like a torn tail.
+    #[must_use]
+    pub fn repair_corrupt_tail(mut self, repair: bool) -> Self {
+        self.repair_corrupt_tail = repair;
         self
     }
 
@@ -257,14 +272,17 @@ impl Appender {
     /// (length, sequence, CRC32C), zeroes a torn tail after the last valid record, clears
     /// index slots that point into it, and `msync`s the tail segment, so that on return
     /// [`durable_watermark`](Self::durable_watermark) equals
-    /// [`next_sequence`](Self::next_sequence). Segments before the tail are checked by
+    /// [`next_sequence`](Self::next_sequence). A tail record that fails validation with
+    /// valid records after it is damage, not a torn write, and fails the open (see
+    /// [`Config::repair_corrupt_tail`]). Segments before the tail are checked by
     /// [`verify`](crate::verify) and by readers, not here, so opening is fast.
     ///
     /// # Errors
     ///
     /// [`OpenError::Locked`] when another appender holds the journal; [`OpenError::Config`]
     /// for an unusable configuration; [`OpenError::ForeignFile`], [`OpenError::BadHeader`]
-    /// for a directory or segment this crate did not write; [`OpenError::Io`] for failed
+    /// for a directory or segment this crate did not write; [`OpenError::Corrupt`] naming
+    /// the segment and offset of damage in the tail segment; [`OpenError::Io`] for failed
     /// system calls (permission denied, disk full), each with the path involved.
     pub fn open(
         dir: impl AsRef<Path>,
@@ -304,7 +322,7 @@ impl Appender {
                     map,
                     _file: file,
                 };
-                let tail = recover_tail(&mut active, &mut report)?;
+                let tail = recover_tail(&mut active, &mut report, config.repair_corrupt_tail)?;
                 (active, tail)
             }
             None => {
@@ -823,7 +841,11 @@ struct Tail {
 }
 
 /// Scans the tail segment, zeroes a torn tail and stale index slots, and says where to resume.
-fn recover_tail(active: &mut Active, report: &mut RecoveryReport) -> Result<Tail, Fault> {
+fn recover_tail(
+    active: &mut Active,
+    report: &mut RecoveryReport,
+    repair_corrupt_tail: bool,
+) -> Result<Tail, OpenError> {
     let header = active.header;
     let size = active.map.bytes().len();
     let map = &active.map;
@@ -850,7 +872,20 @@ fn recover_tail(active: &mut Active, report: &mut RecoveryReport) -> Result<Tail
             .rposition(|chunk| chunk.iter().any(|&b| b != 0));
         if let Some(chunk) = last_nonzero {
             let garbage_end = (offset + (chunk + 1) * 8).min(size);
-            report.discarded_records = count_records(bytes, offset, garbage_end, sequence);
+            let found = count_records(bytes, offset, garbage_end, sequence);
+            // A record that fails validation with valid records after it is not a torn
+            // write (the length word is published last, so a killed appender leaves a zero
+            // length, never a wrong one): it is damage, and truncating would drop records.
+            if let (Stop::Invalid(reason), true) = (scanned.stop, found > 0) {
+                if !repair_corrupt_tail {
+                    return Err(OpenError::Corrupt {
+                        path: active.path.clone(),
+                        offset: offset as u64,
+                        reason,
+                    });
+                }
+            }
+            report.discarded_records = found;
             report.discarded_bytes = (garbage_end - offset) as u64;
             report.discarded_at = Some((active.path.clone(), offset as u64));
             active.map.bytes_mut()[offset..garbage_end].fill(0);

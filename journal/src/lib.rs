@@ -93,9 +93,12 @@
 //! length word never reached the file is not part of the journal (the protocol guarantees
 //! that a published length means the whole record was written). Bytes after the last valid
 //! record (a torn write, or a record that fails its CRC after a power loss) are zeroed and
-//! reported in the [`RecoveryReport`] with the segment and offset where they began. Damage
-//! anywhere else is never skipped: readers and [`verify`] return an error naming the
-//! segment and offset.
+//! reported in the [`RecoveryReport`] with the segment and offset where they began. A record
+//! that fails validation with valid records after it is damage, not a torn write: opening
+//! fails with an error naming the segment and offset (or, with
+//! [`Config::repair_corrupt_tail`], truncates and reports it). Damage in earlier segments
+//! is never skipped either: readers and [`verify`] return an error naming the segment and
+//! offset.
 //!
 //! # Readers, tailers, cursors
 //!

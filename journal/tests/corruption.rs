@@ -377,3 +377,38 @@ fn fuzz_mutated_segments_never_panic() {
         let _ = trial;
     }
 }
+
+#[test]
+fn damage_inside_the_tail_segment_is_an_error_not_a_truncation() {
+    let files = fixture(500);
+    let dir = TempDir::new("mid-tail");
+    let mut damaged = files.clone();
+    let tail = &mut damaged.last_mut().unwrap().1;
+    let data_offset = u32::from_le_bytes(tail[40..44].try_into().unwrap()) as usize;
+    let first_len = u32::from_le_bytes(tail[data_offset..data_offset + 4].try_into().unwrap());
+    assert!(first_len > 16);
+    // Flip a payload byte of the tail segment's first record; later records stay valid.
+    tail[data_offset + 16] ^= 0x01;
+    install(dir.path(), &damaged);
+    match Appender::open(dir.path(), config()).unwrap_err() {
+        OpenError::Corrupt {
+            path,
+            offset,
+            reason,
+        } => {
+            assert!(path.ends_with(&damaged.last().unwrap().0));
+            assert_eq!(offset, data_offset as u64);
+            assert_eq!(reason, "checksum mismatch");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Nothing was changed by the failed open; an explicit repair truncates and reports.
+    assert_eq!(
+        fs::read(dir.join(&damaged.last().unwrap().0)).unwrap(),
+        damaged.last().unwrap().1
+    );
+    let (_, report) = Appender::open(dir.path(), config().repair_corrupt_tail(true)).unwrap();
+    assert!(report.discarded_records >= 1, "{report:?}");
+    assert_eq!(report.discarded_at.unwrap().1, data_offset as u64);
+    verify(dir.path()).unwrap();
+}

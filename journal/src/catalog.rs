@@ -133,14 +133,24 @@ pub(crate) fn lock(dir: &Path) -> Result<File, OpenError> {
             path: path.clone(),
             source,
         })?;
-    // SAFETY: `flock` on a file descriptor we own; it touches no memory.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    // `verify` probes the lock with a shared `flock` for a few microseconds; retry briefly so
+    // that probe is never mistaken for a second appender.
+    let mut attempts = 0;
+    loop {
+        // SAFETY: `flock` on a file descriptor we own; it touches no memory.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
         let source = io::Error::last_os_error();
-        if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if source.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(OpenError::Io { path, source });
+        }
+        attempts += 1;
+        if attempts == 5 {
             return Err(OpenError::Locked { path });
         }
-        return Err(OpenError::Io { path, source });
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     // The pid is informational, for an operator wondering who holds the lock.
     let io = |source| OpenError::Io {

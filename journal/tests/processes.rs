@@ -7,6 +7,7 @@
 //!   and checks after each kill that every acknowledged record is present and intact.
 //! - cross-process tailing: a child appends, the parent tails, every record in order.
 //! - permissions: a child running as an unprivileged user is refused with the path.
+//! - single writer: a child cannot open an appender while the parent holds one.
 
 mod common;
 
@@ -22,6 +23,7 @@ use peregrine_journal::{verify, Appender, OpenError, Reader, Tailer};
 const CRASH_DIR: &str = "PEREGRINE_JOURNAL_CRASH_CHILD";
 const WRITER_DIR: &str = "PEREGRINE_JOURNAL_WRITER_CHILD";
 const PERMISSION_DIR: &str = "PEREGRINE_JOURNAL_PERMISSION_CHILD";
+const SECOND_WRITER_DIR: &str = "PEREGRINE_JOURNAL_SECOND_WRITER_CHILD";
 const WRITER_RECORDS: u64 = 30_000;
 
 fn child(test: &str, var: &str, dir: &Path) -> Command {
@@ -240,4 +242,44 @@ fn permission_denied_names_the_path() {
     }
     assert_eq!(denied.len(), 2, "child output: {text}");
     assert!(denied.iter().all(|l| l.contains("locked-away")), "{text}");
+}
+
+/// Child role: try to become a second appender and report the outcome.
+#[test]
+fn second_writer_child() {
+    let Some(dir) = std::env::var_os(SECOND_WRITER_DIR) else {
+        return;
+    };
+    match Appender::open(&dir, small_config()) {
+        Err(err @ OpenError::Locked { .. }) => println!("\nrejected: {err}"),
+        Err(other) => println!("\nunexpected error {other:?}"),
+        Ok(_) => println!("\nopened"),
+    }
+}
+
+#[test]
+fn second_writer_in_another_process_is_rejected() {
+    let dir = TempDir::new("second-writer");
+    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    appender.append(b"held").unwrap();
+    // A concurrent verify probes the lock without taking it from anyone.
+    verify(dir.path()).unwrap();
+    let output = child("second_writer_child", SECOND_WRITER_DIR, dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("rejected: journal is locked by another appender: ")
+                && l.ends_with("journal.lock")
+        ),
+        "child output: {text}"
+    );
+    drop(appender);
+    let output = child("second_writer_child", SECOND_WRITER_DIR, dir.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|l| l == "opened"));
 }

@@ -342,9 +342,12 @@ impl Appender {
             .first()
             .map_or(0, |s| s.header.base_sequence);
         report.next_sequence = tail.next_sequence;
+        // Sync what holds data (header, index, records) and no more: `msync` cleans and
+        // write-protects every page it covers, and the pre-faulted pages after the end must
+        // stay writable or each would take a fault on its first append.
         active
             .map
-            .flush_range(0, active.map.bytes().len())
+            .flush_range(0, tail.offset.min(active.map.bytes().len()))
             .map_err(Fault::io(&active.path))?;
         let mut appender = Appender {
             max_payload: config.max_payload(),

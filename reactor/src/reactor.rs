@@ -1,0 +1,908 @@
+//! [`Reactor`]: one event loop on one thread, and its [`ReactorHandle`].
+//!
+//! The loop owns the protocol state of every connection (read and write buffers, rate
+//! bucket, timers, pause reasons) and drives a backend from [`crate::sys`]. One turn:
+//!
+//! 1. take responses from the egress ring and queue them on their connections; flush;
+//! 2. if the ingress ring had filled, and has room again, decode the frames that waited;
+//! 3. on a tick, check timeouts and refill throttled connections;
+//! 4. wait for I/O (not at all if work is pending), then handle what it reported:
+//!    bytes are appended to the connection's buffer and every complete frame is decoded
+//!    straight into a claimed ingress slot.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use peregrine_ring::{PollState, Poller, Producer, Sequencer, TryPublishError};
+
+use crate::codec::{Codec, ConnId, FrameError, LengthPrefixed};
+use crate::config::{BackendChoice, Config, RateAction};
+use crate::error::ReactorError;
+use crate::stats::{CloseReason, Stats, StatsSnapshot};
+use crate::sys::{self, Backend, Event, ReadOutcome};
+use crate::waker::{Egress, LoopWaker};
+
+/// The backend a loop runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// mio over epoll (readiness).
+    Mio,
+    /// io_uring (completion).
+    IoUring,
+}
+
+impl BackendKind {
+    /// `"mio"` or `"io_uring"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Mio => "mio",
+            BackendKind::IoUring => "io_uring",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Bytes read from one connection per read call (readiness backend).
+const READ_CHUNK: usize = 64 * 1024;
+/// Read calls per connection per turn, so one busy client cannot starve the others.
+const READS_PER_TURN: usize = 4;
+/// How soon a loop whose ingress ring is full looks for room again.
+const FULL_RETRY: Duration = Duration::from_micros(500);
+
+const PAUSE_RING: u8 = 1;
+const PAUSE_THROTTLE: u8 = 2;
+const PAUSE_WRITE: u8 = 4;
+
+/// A bound listener and its backend, ready to run an event loop.
+///
+/// ```no_run
+/// use peregrine_reactor::{Config, Reactor};
+/// let reactor = Reactor::bind(Config::default())?; // 127.0.0.1:7070
+/// println!("{} on {}", reactor.backend(), reactor.local_addr());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Reactor<C: Codec = LengthPrefixed> {
+    config: Config,
+    codec: C,
+    backend: Backend,
+    local_addr: SocketAddr,
+    waker: LoopWaker,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    fallback: Option<String>,
+}
+
+impl<C: Codec> std::fmt::Debug for Reactor<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor")
+            .field("backend", &self.backend.kind())
+            .field("local_addr", &self.local_addr)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reactor<LengthPrefixed> {
+    /// Binds `config.addr` with the default length-prefixed framing.
+    ///
+    /// # Errors
+    ///
+    /// As [`with_codec`](Reactor::with_codec).
+    pub fn bind(config: Config) -> Result<Self, ReactorError> {
+        Self::with_codec(config, LengthPrefixed)
+    }
+}
+
+impl<C: Codec> Reactor<C> {
+    /// Binds `config.addr`, framing with `codec`, and sets up the backend: io_uring unless
+    /// mio is asked for (by [`Config::backend`] or the
+    /// [`BACKEND_ENV`](crate::BACKEND_ENV) variable); if io_uring cannot be set up, logs a
+    /// warning, falls back to mio and records why ([`fallback_reason`](Self::fallback_reason)).
+    ///
+    /// # Errors
+    ///
+    /// [`ReactorError::Bind`] if the address cannot be bound; [`ReactorError::Backend`]
+    /// if even the mio backend cannot be created.
+    pub fn with_codec(config: Config, codec: C) -> Result<Self, ReactorError> {
+        let bind = |source| ReactorError::Bind {
+            addr: config.addr,
+            source,
+        };
+        let listener = TcpListener::bind(config.addr).map_err(bind)?;
+        listener.set_nonblocking(true).map_err(bind)?;
+        let local_addr = listener.local_addr().map_err(bind)?;
+        let waker = LoopWaker::new().map_err(ReactorError::Backend)?;
+        let waker_fd = waker.inner.fd.as_raw_fd();
+        let mut fallback = None;
+        let backend = match config.backend.resolve_env() {
+            BackendChoice::Mio => None,
+            BackendChoice::Auto | BackendChoice::IoUring => {
+                match Self::uring(&config, &listener, waker_fd) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "io_uring is unavailable; falling back to mio");
+                        fallback = Some(e.to_string());
+                        None
+                    }
+                }
+            }
+        };
+        let backend = match backend {
+            Some(b) => b,
+            None => Backend::Epoll(
+                sys::epoll::Epoll::new(listener, waker_fd).map_err(ReactorError::Backend)?,
+            ),
+        };
+        Ok(Self {
+            config,
+            codec,
+            backend,
+            local_addr,
+            waker,
+            stats: Arc::new(Stats::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+            fallback,
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn uring(config: &Config, listener: &TcpListener, waker_fd: i32) -> std::io::Result<Backend> {
+        let uring = sys::uring::Uring::new(
+            listener.try_clone()?,
+            waker_fd,
+            sys::uring::UringConfig {
+                entries: config.uring_entries,
+                sqpoll_idle: config.sqpoll_idle,
+                buf_count: config.uring_buffers,
+                buf_size: config.uring_buffer_size,
+            },
+        )?;
+        Ok(Backend::Uring(Box::new(uring)))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn uring(_: &Config, _: &TcpListener, _: i32) -> std::io::Result<Backend> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "io_uring exists only on Linux",
+        ))
+    }
+
+    /// The backend this loop runs on.
+    pub fn backend(&self) -> BackendKind {
+        self.backend.kind()
+    }
+
+    /// Why io_uring was asked for (or left to choose) but not used: the kernel's answer.
+    /// `None` when it is in use or mio was asked for.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// The address the listener is bound to (the real port when `config.addr` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A waker for this loop, to call after publishing into its egress ring.
+    pub fn waker(&self) -> LoopWaker {
+        self.waker.clone()
+    }
+
+    /// Pairs an egress ring's producer with this loop's waker.
+    pub fn egress<S: Sequencer>(&self, producer: Producer<C::Out, S>) -> Egress<C::Out, S> {
+        Egress::new(producer, self.waker())
+    }
+
+    /// A handle that stops [`run`](Self::run) from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            stop: Arc::clone(&self.stop),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// The loop's counters now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Runs the loop on this thread until [`Stopper::stop`] (or the ingress ring halts),
+    /// publishing decoded frames with `ingress` and writing the events of `egress` (a
+    /// poller of the egress ring) to their connections. On return every connection is
+    /// closed and `ingress` is dropped, which closes the ingress ring (its stages drain).
+    ///
+    /// # Errors
+    ///
+    /// [`ReactorError::Wait`] if waiting for I/O fails.
+    pub fn run<SI: Sequencer, SO: Sequencer>(
+        self,
+        ingress: Producer<C::In, SI>,
+        egress: Option<Poller<C::Out, SO>>,
+    ) -> Result<(), ReactorError> {
+        if let Some(core) = self.config.pin {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                tracing::warn!(core, "cannot pin the event loop thread");
+            }
+        }
+        let mut event_loop = Loop {
+            codec: self.codec,
+            backend: self.backend,
+            waker: self.waker,
+            stats: self.stats,
+            stop: self.stop,
+            ingress,
+            egress,
+            slots: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            events: Vec::with_capacity(1024),
+            ready: Vec::new(),
+            blocked: Vec::new(),
+            dirty: Vec::new(),
+            halted: false,
+            config: self.config,
+        };
+        event_loop.run()
+    }
+
+    /// Runs the loop on a new thread named [`Config::thread_name`]; see [`run`](Self::run).
+    ///
+    /// # Errors
+    ///
+    /// [`ReactorError::Spawn`] if the thread cannot be started.
+    pub fn spawn<SI: Sequencer, SO: Sequencer>(
+        self,
+        ingress: Producer<C::In, SI>,
+        egress: Option<Poller<C::Out, SO>>,
+    ) -> Result<ReactorHandle, ReactorError>
+    where
+        Producer<C::In, SI>: Send + 'static,
+        Poller<C::Out, SO>: Send + 'static,
+    {
+        let backend = self.backend();
+        let fallback = self.fallback.clone();
+        let local_addr = self.local_addr;
+        let stats = Arc::clone(&self.stats);
+        let stopper = self.stopper();
+        let name = self.config.thread_name.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || self.run(ingress, egress))
+            .map_err(ReactorError::Spawn)?;
+        Ok(ReactorHandle {
+            backend,
+            fallback,
+            local_addr,
+            stats,
+            stopper,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Stops a running loop from another thread.
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    stop: Arc<AtomicBool>,
+    waker: LoopWaker,
+}
+
+impl Stopper {
+    /// Asks the loop to stop; it closes every connection and returns from `run`.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.waker.force();
+    }
+}
+
+/// A loop running on its own thread ([`Reactor::spawn`]). Dropping it stops the loop
+/// and joins the thread.
+#[derive(Debug)]
+pub struct ReactorHandle {
+    backend: BackendKind,
+    fallback: Option<String>,
+    local_addr: SocketAddr,
+    stats: Arc<Stats>,
+    stopper: Stopper,
+    thread: Option<JoinHandle<Result<(), ReactorError>>>,
+}
+
+impl ReactorHandle {
+    /// The backend the loop runs on.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Why io_uring is not in use, when it was wanted; see [`Reactor::fallback_reason`].
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// The listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The loop's counters now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// A stopper for the loop.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Stops the loop and joins its thread.
+    ///
+    /// # Errors
+    ///
+    /// What the loop returned; [`ReactorError::Panicked`] if its thread panicked.
+    pub fn shutdown(mut self) -> Result<(), ReactorError> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), ReactorError> {
+        self.stopper.stop();
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| ReactorError::Panicked)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ReactorHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_and_join() {
+            tracing::warn!(error = %e, "event loop ended with an error");
+        }
+    }
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+struct Conn {
+    id: ConnId,
+    /// Received bytes not yet decoded (at most a partial frame, unless paused).
+    rbuf: Vec<u8>,
+    /// Encoded responses not yet handed to the backend.
+    wbuf: Vec<u8>,
+    /// Why reading is paused (`PAUSE_*` bits); reading runs only when zero.
+    paused: u8,
+    tokens: f64,
+    refilled: Instant,
+    last_rx: Instant,
+    /// When the partial frame at the head of `rbuf` began (or reading resumed).
+    frame_since: Option<Instant>,
+    /// The peer closed its side; close once the buffered frames are published.
+    eof: bool,
+    /// Readiness backend: in `ready`, may have more bytes.
+    readable: bool,
+    /// In `dirty`.
+    dirty: bool,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+/// Where decoding of one connection's buffer stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Decoded {
+    NeedMore,
+    Paused,
+    Closed,
+}
+
+struct Loop<C: Codec, SI: Sequencer, SO: Sequencer> {
+    config: Config,
+    codec: C,
+    backend: Backend,
+    waker: LoopWaker,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    ingress: Producer<C::In, SI>,
+    egress: Option<Poller<C::Out, SO>>,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    open: usize,
+    /// Events from the backend, and from backend calls made while handling them.
+    events: Vec<Event>,
+    /// Readiness backend: connections with bytes left to read.
+    ready: Vec<usize>,
+    /// Connections paused because the ingress ring was full.
+    blocked: Vec<usize>,
+    /// Connections with encoded responses to flush.
+    dirty: Vec<usize>,
+    halted: bool,
+}
+
+impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
+    fn run(&mut self) -> Result<(), ReactorError> {
+        tracing::debug!(backend = %self.backend.kind(), "event loop started");
+        let mut next_tick = Instant::now() + self.config.tick;
+        let mut result = Ok(());
+        while !self.stop.load(Ordering::Acquire) && !self.halted {
+            let mut busy = self.pump_egress();
+            busy |= self.retry_blocked();
+            self.flush();
+            let now = Instant::now();
+            if now >= next_tick {
+                self.housekeeping(now);
+                next_tick = now + self.config.tick;
+            }
+            busy |= !self.ready.is_empty() || !self.events.is_empty() || !self.dirty.is_empty();
+            let mut timeout = Duration::ZERO;
+            if !busy {
+                timeout = next_tick.saturating_duration_since(now);
+                if !self.blocked.is_empty() {
+                    timeout = timeout.min(FULL_RETRY);
+                }
+                // The wake protocol (see `waker`): announce the sleep, fence, re-check.
+                self.waker.inner.sleeping.store(true, Ordering::Relaxed);
+                fence(Ordering::SeqCst);
+                if self.pump_egress() || self.stop.load(Ordering::Acquire) {
+                    timeout = Duration::ZERO;
+                    self.flush();
+                }
+            }
+            let mut events = std::mem::take(&mut self.events);
+            let waited = self.backend.wait(timeout, &mut events);
+            self.waker.inner.sleeping.store(false, Ordering::Relaxed);
+            if let Err(e) = waited {
+                tracing::error!(error = %e, "event loop wait failed");
+                result = Err(ReactorError::Wait(e));
+                self.events = events;
+                break;
+            }
+            for event in events.drain(..) {
+                self.handle(event);
+            }
+            if self.events.is_empty() {
+                self.events = events;
+            }
+            self.read_ready();
+        }
+        self.close_all();
+        result
+    }
+
+    fn conn_mut(&mut self, idx: usize) -> Option<&mut Conn> {
+        self.slots.get_mut(idx).and_then(|s| s.conn.as_mut())
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Accepted(stream) => self.accept(stream),
+            Event::Readable(idx) => {
+                if let Some(conn) = self.conn_mut(idx) {
+                    if conn.paused == 0 && !conn.readable {
+                        conn.readable = true;
+                        self.ready.push(idx);
+                    }
+                }
+            }
+            Event::Received { idx, buf, len } => {
+                match self.slots.get_mut(idx).and_then(|s| s.conn.as_mut()) {
+                    Some(conn) => {
+                        self.backend.received(buf, len, Some(&mut conn.rbuf));
+                        conn.last_rx = Instant::now();
+                        Stats::add(&self.stats.bytes_in, len as u64);
+                        self.decode(idx);
+                    }
+                    None => self.backend.received(buf, len, None),
+                }
+            }
+            Event::Eof(idx) => {
+                if let Some(conn) = self.conn_mut(idx) {
+                    conn.eof = true;
+                    self.finish_eof(idx);
+                }
+            }
+            Event::Failed(idx, e) => {
+                if self.conn_mut(idx).is_some() {
+                    tracing::debug!(error = %e, idx, "connection failed");
+                    self.close(idx, CloseReason::Io);
+                }
+            }
+            Event::Sent(idx) => {
+                if let Some(conn) = self.slots.get_mut(idx).and_then(|s| s.conn.as_mut()) {
+                    if !conn.wbuf.is_empty() && !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(idx);
+                    }
+                    if conn.paused & PAUSE_WRITE != 0
+                        && conn.wbuf.len() <= self.config.write_high_water / 2
+                    {
+                        self.unpause(idx, PAUSE_WRITE);
+                    }
+                }
+            }
+            Event::Released(idx) => self.release(idx),
+            Event::Wake => {}
+        }
+    }
+
+    fn accept(&mut self, stream: std::net::TcpStream) {
+        Stats::add(&self.stats.accepted, 1);
+        if self.open >= self.config.max_connections {
+            self.stats.close(CloseReason::ConnectionLimit);
+            return; // dropping the stream closes it
+        }
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot::default());
+            self.slots.len() - 1
+        });
+        if let Err(e) = self.backend.adopt(idx, stream) {
+            tracing::warn!(error = %e, "cannot register a connection");
+            self.stats.close(CloseReason::Io);
+            self.free.push(idx);
+            return;
+        }
+        let now = Instant::now();
+        let slot = &mut self.slots[idx];
+        slot.conn = Some(Conn {
+            id: ConnId::new(idx, slot.generation),
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            paused: 0,
+            tokens: self.config.rate_limit.map_or(0.0, |r| r.burst),
+            refilled: now,
+            last_rx: now,
+            frame_since: None,
+            eof: false,
+            readable: false,
+            dirty: false,
+        });
+        self.open += 1;
+        Stats::add(&self.stats.open, 1);
+    }
+
+    fn close(&mut self, idx: usize, reason: CloseReason) {
+        let Some(conn) = self.slots.get_mut(idx).and_then(|s| s.conn.take()) else {
+            return;
+        };
+        tracing::debug!(conn = conn.id.0, %reason, "closing connection");
+        self.stats.close(reason);
+        self.open -= 1;
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        if self.backend.close(idx) {
+            self.release(idx);
+        }
+    }
+
+    fn release(&mut self, idx: usize) {
+        let slot = &mut self.slots[idx];
+        debug_assert!(slot.conn.is_none());
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(idx);
+    }
+
+    fn close_all(&mut self) {
+        for idx in 0..self.slots.len() {
+            self.close(idx, CloseReason::Shutdown);
+        }
+    }
+
+    /// Stops reading `idx` for `reason` (a `PAUSE_*` bit).
+    fn pause(&mut self, idx: usize, reason: u8) {
+        let Some(conn) = self.slots.get_mut(idx).and_then(|s| s.conn.as_mut()) else {
+            return;
+        };
+        let was = conn.paused;
+        conn.paused |= reason;
+        if was == 0 {
+            self.backend.set_reading(idx, false, &mut self.events);
+        }
+    }
+
+    /// Clears pause `reason`; resumes reading when no reason is left.
+    fn unpause(&mut self, idx: usize, reason: u8) {
+        let Some(conn) = self.slots.get_mut(idx).and_then(|s| s.conn.as_mut()) else {
+            return;
+        };
+        if conn.paused & reason == 0 {
+            return;
+        }
+        conn.paused &= !reason;
+        if conn.paused == 0 {
+            // Time spent paused is not the client's slowness.
+            if conn.frame_since.is_some() {
+                conn.frame_since = Some(Instant::now());
+            }
+            conn.last_rx = Instant::now();
+            self.backend.set_reading(idx, true, &mut self.events);
+            if self.decode(idx) == Decoded::NeedMore {
+                self.finish_eof(idx);
+            }
+        }
+    }
+
+    /// Closes a connection whose peer has closed, once nothing publishable is left.
+    fn finish_eof(&mut self, idx: usize) {
+        let Some(conn) = self.conn_mut(idx) else {
+            return;
+        };
+        if !conn.eof || conn.paused != 0 {
+            return;
+        }
+        let reason = if conn.rbuf.is_empty() {
+            CloseReason::PeerClosed
+        } else {
+            CloseReason::ClosedMidFrame
+        };
+        if !conn.wbuf.is_empty() {
+            // Try to get queued responses out first; a half-closed peer may still read.
+            let mut wbuf = std::mem::take(&mut conn.wbuf);
+            self.backend.send(idx, &mut wbuf, &mut self.events);
+        }
+        self.close(idx, reason);
+    }
+
+    /// Publishes every complete frame buffered for `idx` into the ingress ring.
+    fn decode(&mut self, idx: usize) -> Decoded {
+        let max_frame = self.config.max_frame;
+        let rate = self.config.rate_limit;
+        let Some(conn) = self.slots.get_mut(idx).and_then(|s| s.conn.as_mut()) else {
+            return Decoded::Closed;
+        };
+        let mut pos = 0;
+        let mut frames = 0u64;
+        let outcome = loop {
+            if conn.paused != 0 {
+                break Decoded::Paused;
+            }
+            let len = match self.codec.frame_len(&conn.rbuf[pos..], max_frame) {
+                Ok(Some(len)) => len,
+                Ok(None) => break Decoded::NeedMore,
+                Err(e) => {
+                    tracing::debug!(conn = conn.id.0, error = %e, "bad frame");
+                    let reason = match e {
+                        FrameError::Oversized { .. } => CloseReason::Oversized,
+                        FrameError::Malformed(_) => CloseReason::Malformed,
+                    };
+                    Stats::add(&self.stats.frames_in, frames);
+                    self.close(idx, reason);
+                    return Decoded::Closed;
+                }
+            };
+            if let Some(rate) = rate {
+                let now = Instant::now();
+                let elapsed = now.duration_since(conn.refilled).as_secs_f64();
+                conn.tokens = (conn.tokens + elapsed * rate.frames_per_sec).min(rate.burst);
+                conn.refilled = now;
+                if conn.tokens < 1.0 {
+                    match rate.action {
+                        RateAction::Throttle => {
+                            Stats::add(&self.stats.throttled, 1);
+                            conn.rbuf.drain(..pos);
+                            Stats::add(&self.stats.frames_in, frames);
+                            self.pause(idx, PAUSE_THROTTLE);
+                            return Decoded::Paused;
+                        }
+                        RateAction::Close => {
+                            Stats::add(&self.stats.frames_in, frames);
+                            self.close(idx, CloseReason::RateLimited);
+                            return Decoded::Closed;
+                        }
+                    }
+                }
+                conn.tokens -= 1.0;
+            }
+            let refused = match self.ingress.try_claim() {
+                Ok(mut slot) => {
+                    self.codec
+                        .decode(conn.id, &conn.rbuf[pos..pos + len], &mut slot);
+                    pos += len;
+                    frames += 1;
+                    None
+                }
+                Err(e) => Some(e),
+            };
+            match refused {
+                None => {}
+                Some(TryPublishError::Full) => {
+                    if rate.is_some() {
+                        conn.tokens += 1.0;
+                    }
+                    Stats::add(&self.stats.ring_full, 1);
+                    conn.rbuf.drain(..pos);
+                    Stats::add(&self.stats.frames_in, frames);
+                    self.blocked.push(idx);
+                    self.pause(idx, PAUSE_RING);
+                    return Decoded::Paused;
+                }
+                Some(e) => {
+                    tracing::error!(error = %e, "ingress ring refuses events; stopping the loop");
+                    self.halted = true;
+                    break Decoded::Paused;
+                }
+            }
+        };
+        conn.rbuf.drain(..pos);
+        if conn.rbuf.is_empty() {
+            conn.frame_since = None;
+        } else if conn.frame_since.is_none() {
+            conn.frame_since = Some(Instant::now());
+        }
+        Stats::add(&self.stats.frames_in, frames);
+        outcome
+    }
+
+    /// Readiness backend: reads connections that reported bytes.
+    fn read_ready(&mut self) {
+        for idx in std::mem::take(&mut self.ready) {
+            let mut more = true;
+            for _ in 0..READS_PER_TURN {
+                let Some(conn) = self.slots.get_mut(idx).and_then(|s| s.conn.as_mut()) else {
+                    more = false;
+                    break;
+                };
+                if conn.paused != 0 {
+                    // Resuming reports the connection readable again.
+                    conn.readable = false;
+                    more = false;
+                    break;
+                }
+                match self.backend.read(idx, &mut conn.rbuf, READ_CHUNK) {
+                    ReadOutcome::Data(n) => {
+                        conn.last_rx = Instant::now();
+                        Stats::add(&self.stats.bytes_in, n as u64);
+                        if self.decode(idx) == Decoded::Closed {
+                            more = false;
+                            break;
+                        }
+                    }
+                    ReadOutcome::WouldBlock => {
+                        conn.readable = false;
+                        more = false;
+                        break;
+                    }
+                    ReadOutcome::Eof => {
+                        conn.readable = false;
+                        conn.eof = true;
+                        self.finish_eof(idx);
+                        more = false;
+                        break;
+                    }
+                    ReadOutcome::Failed(e) => {
+                        tracing::debug!(error = %e, idx, "read failed");
+                        self.close(idx, CloseReason::Io);
+                        more = false;
+                        break;
+                    }
+                }
+            }
+            if more {
+                self.ready.push(idx);
+            }
+        }
+    }
+
+    /// Resumes connections paused on a full ingress ring once it has room.
+    fn retry_blocked(&mut self) -> bool {
+        if self.blocked.is_empty() || self.ingress.remaining_capacity() == 0 {
+            return false;
+        }
+        // A connection that finds the ring full again goes back on the list; each
+        // connection's frames stay in order since only its own buffer holds them.
+        for idx in std::mem::take(&mut self.blocked) {
+            self.unpause(idx, PAUSE_RING);
+        }
+        true
+    }
+
+    /// Encodes every response waiting in the egress ring onto its connection.
+    fn pump_egress(&mut self) -> bool {
+        let Some(poller) = self.egress.as_mut() else {
+            return false;
+        };
+        let mut any = false;
+        loop {
+            let slots = &mut self.slots;
+            let codec = &mut self.codec;
+            let dirty = &mut self.dirty;
+            let mut out = 0u64;
+            let mut lost = 0u64;
+            let state = poller.poll(|event, _, _| {
+                let dest = codec.destination(event);
+                match slots
+                    .get_mut(dest.index())
+                    .filter(|s| s.generation == dest.generation())
+                    .and_then(|s| s.conn.as_mut())
+                {
+                    Some(conn) => {
+                        codec.encode(event, &mut conn.wbuf);
+                        if !conn.dirty {
+                            conn.dirty = true;
+                            dirty.push(dest.index());
+                        }
+                        out += 1;
+                    }
+                    None => lost += 1,
+                }
+            });
+            Stats::add(&self.stats.frames_out, out);
+            if lost > 0 {
+                Stats::add(&self.stats.undeliverable, lost);
+            }
+            match state {
+                PollState::Events(_) => any = true,
+                PollState::Idle => break,
+                PollState::Drained | PollState::Halted => {
+                    self.egress = None;
+                    break;
+                }
+            }
+        }
+        any
+    }
+
+    /// Hands queued responses to the backend; applies the write limits.
+    fn flush(&mut self) {
+        for idx in std::mem::take(&mut self.dirty) {
+            let Some(conn) = self.slots.get_mut(idx).and_then(|s| s.conn.as_mut()) else {
+                continue;
+            };
+            conn.dirty = false;
+            let before = conn.wbuf.len();
+            self.backend.send(idx, &mut conn.wbuf, &mut self.events);
+            let left = conn.wbuf.len();
+            Stats::add(&self.stats.bytes_out, (before - left) as u64);
+            let write_paused = conn.paused & PAUSE_WRITE != 0;
+            if left > self.config.write_limit {
+                self.close(idx, CloseReason::SlowReader);
+            } else if left > self.config.write_high_water {
+                self.pause(idx, PAUSE_WRITE);
+            } else if write_paused && left <= self.config.write_high_water / 2 {
+                // Regression: resuming only on the backend's `Sent` left a connection
+                // paused forever when the flush that followed emptied its queue.
+                self.unpause(idx, PAUSE_WRITE);
+            }
+        }
+    }
+
+    /// Timeouts and throttle refills.
+    fn housekeeping(&mut self, now: Instant) {
+        for idx in 0..self.slots.len() {
+            let Some(conn) = self.slots[idx].conn.as_mut() else {
+                continue;
+            };
+            if conn.paused & PAUSE_THROTTLE != 0 {
+                if let Some(rate) = self.config.rate_limit {
+                    let elapsed = now.duration_since(conn.refilled).as_secs_f64();
+                    if conn.tokens + elapsed * rate.frames_per_sec >= 1.0 {
+                        self.unpause(idx, PAUSE_THROTTLE);
+                    }
+                }
+                continue;
+            }
+            if conn.paused != 0 {
+                continue;
+            }
+            if let Some(idle) = self.config.idle_timeout {
+                if now.duration_since(conn.last_rx) > idle {
+                    self.close(idx, CloseReason::IdleTimeout);
+                    continue;
+                }
+            }
+            if let (Some(limit), Some(since)) = (self.config.frame_timeout, conn.frame_since) {
+                if now.duration_since(since) > limit {
+                    self.close(idx, CloseReason::FrameTimeout);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Backend selection: forcing mio, the environment override, and the fallback when
+//! io_uring cannot be set up.
+
+mod common;
+
+use common::*;
+use peregrine_reactor::{BackendChoice, BackendKind, Reactor, BACKEND_ENV};
+
+#[test]
+fn mio_is_used_when_asked_for() {
+    let reactor = Reactor::bind(config(BackendChoice::Mio)).unwrap();
+    assert_eq!(reactor.backend(), BackendKind::Mio);
+    assert_eq!(reactor.fallback_reason(), None);
+}
+
+#[test]
+fn io_uring_is_used_or_the_fallback_says_why() {
+    let reactor = Reactor::bind(config(BackendChoice::IoUring)).unwrap();
+    match reactor.backend() {
+        BackendKind::IoUring => assert_eq!(reactor.fallback_reason(), None),
+        BackendKind::Mio => {
+            let why = reactor
+                .fallback_reason()
+                .expect("a fallback records the reason");
+            eprintln!("io_uring refused here: {why}");
+        }
+    }
+}
+
+#[test]
+fn a_failing_io_uring_setup_falls_back_to_mio() {
+    // Zero submission entries: io_uring_setup(2) refuses them (EINVAL), as a kernel that
+    // forbids io_uring would refuse the call (ENOSYS, EPERM).
+    let mut cfg = config(BackendChoice::IoUring);
+    cfg.uring_entries = 0;
+    let handle = echo_server(cfg, 64, None);
+    assert_eq!(handle.backend(), BackendKind::Mio);
+    assert!(handle.fallback_reason().is_some());
+    let mut s = connect(&handle);
+    round_trip(&mut s, b"served by the fallback");
+    handle.shutdown().unwrap();
+}
+
+#[test]
+fn the_environment_forces_mio() {
+    // The only test in this binary that touches the environment.
+    std::env::set_var(BACKEND_ENV, "mio");
+    let reactor = Reactor::bind(config(BackendChoice::Auto)).unwrap();
+    std::env::remove_var(BACKEND_ENV);
+    assert_eq!(reactor.backend(), BackendKind::Mio);
+    assert_eq!(reactor.fallback_reason(), None);
+}

@@ -13,7 +13,7 @@ use crate::failure::{Action, Attempts, Failure, FailurePolicy};
 use crate::handler::{BoxError, EventHandler, ExclusiveHandler, TryEventHandler};
 use crate::reader::{Reader, Ready};
 use crate::sequencer::Sequencer;
-use crate::sync::{Arc, AtomicU64, CachePadded, Ordering};
+use crate::sync::{mutation, Arc, AtomicU64, CachePadded, Ordering};
 use crate::telemetry::StageStats;
 
 /// A handler as the stage loop calls it: shared or exclusive access to the slot.
@@ -260,6 +260,11 @@ pub(crate) fn run_worker<E: 'static, S: Sequencer, I: Invoke<E>>(
                 .compare_exchange_weak(next, next + 1, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
+                if mutation::POOL_EARLY_RELEASE {
+                    // The bug: the pool's minimum can pass `next` while this worker still
+                    // reads it, so a producer may overwrite the slot.
+                    reader.sequence.set(next + 1);
+                }
                 // Our sequence moved: wake downstream stages or producers parked on it.
                 reader.core.signal();
                 break next;

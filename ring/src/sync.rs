@@ -205,4 +205,6 @@ pub(crate) mod mutation {
     pub(crate) const CLOSE_NO_RECHECK: bool = cfg!(peregrine_mutation = "close_no_recheck");
     /// Producers waiting for room ignore a halt.
     pub(crate) const HALT_IGNORED: bool = cfg!(peregrine_mutation = "halt_ignored");
+    /// A pool worker marks the event it just took as handled before handling it.
+    pub(crate) const POOL_EARLY_RELEASE: bool = cfg!(peregrine_mutation = "pool_early_release");
 }

@@ -118,6 +118,11 @@ impl Config {
     /// The background thread does not inherit the appending thread's CPU pinning: it may run
     /// on any CPU the process is allowed, so it never time-slices with a busy-spinning
     /// appender pinned to its own core.
+    ///
+    /// Pre-faulting for write marks the segment's (zeroed) pages dirty. When kernel writeback
+    /// cleans such a page before the appender reaches it (after `vm.dirty_expire_centisecs`,
+    /// 30 s by default, or under dirty-memory pressure), the first append to that page takes a
+    /// write fault again. Segments sized to fill within that time keep the benefit.
     #[must_use]
     pub fn pretouch(mut self, pretouch: bool) -> Self {
         self.pretouch = pretouch;

@@ -56,7 +56,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Read calls per connection per turn, so one busy client cannot starve the others.
 const READS_PER_TURN: usize = 4;
 /// How soon a loop whose ingress ring is full looks for room again.
-const FULL_RETRY: Duration = Duration::from_micros(500);
+const FULL_RETRY: Duration = Duration::from_micros(50);
+
+/// Frames claimed and published together at most.
+const DECODE_BATCH: usize = 256;
+/// Decoded bytes kept at the head of a read buffer before they are dropped.
+const COMPACT_AT: usize = 64 * 1024;
 
 const PAUSE_RING: u8 = 1;
 const PAUSE_THROTTLE: u8 = 2;
@@ -373,8 +378,11 @@ impl Drop for ReactorHandle {
 #[derive(Debug)]
 struct Conn {
     id: ConnId,
-    /// Received bytes not yet decoded (at most a partial frame, unless paused).
+    /// Received bytes; those from `rstart` on are not yet decoded (at most a partial
+    /// frame, unless paused).
     rbuf: Vec<u8>,
+    /// Where the undecoded bytes of `rbuf` begin; invariant: `rstart <= rbuf.len()`.
+    rstart: usize,
     /// Encoded responses not yet handed to the backend.
     wbuf: Vec<u8>,
     /// Why reading is paused (`PAUSE_*` bits); reading runs only when zero.
@@ -392,10 +400,33 @@ struct Conn {
     dirty: bool,
 }
 
+impl Conn {
+    /// Drops decoded bytes: all of them when nothing is left, else once they are the
+    /// larger part of the buffer (so the copy is amortised over many frames).
+    fn compact(&mut self) {
+        debug_assert!(self.rstart <= self.rbuf.len());
+        if self.rstart == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rstart = 0;
+        } else if self.rstart >= COMPACT_AT && self.rstart * 2 >= self.rbuf.len() {
+            self.rbuf.drain(..self.rstart);
+            self.rstart = 0;
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     generation: u32,
     conn: Option<Conn>,
+}
+
+/// Why scanning a connection's buffer stopped before its bytes ran out.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Full,
+    Rate(RateAction),
+    Bad(CloseReason),
 }
 
 /// Where decoding of one connection's buffer stopped.
@@ -556,6 +587,7 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
         slot.conn = Some(Conn {
             id: ConnId::new(idx, slot.generation),
             rbuf: Vec::new(),
+            rstart: 0,
             wbuf: Vec::new(),
             paused: 0,
             tokens: self.config.rate_limit.map_or(0.0, |r| r.burst),
@@ -638,7 +670,7 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
         if !conn.eof || conn.paused != 0 {
             return;
         }
-        let reason = if conn.rbuf.is_empty() {
+        let reason = if conn.rstart == conn.rbuf.len() {
             CloseReason::PeerClosed
         } else {
             CloseReason::ClosedMidFrame
@@ -651,94 +683,125 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
         self.close(idx, reason);
     }
 
-    /// Publishes every complete frame buffered for `idx` into the ingress ring.
+    /// Publishes every complete frame buffered for `idx` into the ingress ring, in
+    /// batches: the frames found are claimed together and published with one cursor
+    /// update, each decoded straight into its slot.
     fn decode(&mut self, idx: usize) -> Decoded {
         let max_frame = self.config.max_frame;
         let rate = self.config.rate_limit;
         let Some(conn) = self.slots.get_mut(idx).and_then(|s| s.conn.as_mut()) else {
             return Decoded::Closed;
         };
-        let mut pos = 0;
+        let mut spans = [(0usize, 0usize); DECODE_BATCH];
         let mut frames = 0u64;
+        // Why scanning stopped after the frames in `spans`, if not for lack of bytes.
+        let mut stop: Option<Stop> = None;
         let outcome = loop {
             if conn.paused != 0 {
                 break Decoded::Paused;
             }
-            let len = match self.codec.frame_len(&conn.rbuf[pos..], max_frame) {
-                Ok(Some(len)) => len,
-                Ok(None) => break Decoded::NeedMore,
-                Err(e) => {
-                    tracing::debug!(conn = conn.id.0, error = %e, "bad frame");
-                    let reason = match e {
-                        FrameError::Oversized { .. } => CloseReason::Oversized,
-                        FrameError::Malformed(_) => CloseReason::Malformed,
-                    };
-                    Stats::add(&self.stats.frames_in, frames);
-                    self.close(idx, reason);
-                    return Decoded::Closed;
-                }
-            };
-            if let Some(rate) = rate {
-                let now = Instant::now();
-                let elapsed = now.duration_since(conn.refilled).as_secs_f64();
-                conn.tokens = (conn.tokens + elapsed * rate.frames_per_sec).min(rate.burst);
-                conn.refilled = now;
-                if conn.tokens < 1.0 {
-                    match rate.action {
-                        RateAction::Throttle => {
-                            Stats::add(&self.stats.throttled, 1);
-                            conn.rbuf.drain(..pos);
-                            Stats::add(&self.stats.frames_in, frames);
-                            self.pause(idx, PAUSE_THROTTLE);
-                            return Decoded::Paused;
-                        }
-                        RateAction::Close => {
-                            Stats::add(&self.stats.frames_in, frames);
-                            self.close(idx, CloseReason::RateLimited);
-                            return Decoded::Closed;
-                        }
-                    }
-                }
-                conn.tokens -= 1.0;
+            let room = self.ingress.remaining_capacity().min(DECODE_BATCH as u64) as usize;
+            if room == 0 {
+                stop = Some(Stop::Full);
+                break Decoded::Paused;
             }
-            let refused = match self.ingress.try_claim() {
-                Ok(mut slot) => {
-                    self.codec
-                        .decode(conn.id, &conn.rbuf[pos..pos + len], &mut slot);
-                    pos += len;
-                    frames += 1;
-                    None
-                }
-                Err(e) => Some(e),
-            };
-            match refused {
-                None => {}
-                Some(TryPublishError::Full) => {
-                    if rate.is_some() {
-                        conn.tokens += 1.0;
+            let mut n = 0;
+            let mut pos = conn.rstart;
+            let mut now = None;
+            while n < room {
+                match self.codec.frame_len(&conn.rbuf[pos..], max_frame) {
+                    Ok(Some(len)) => {
+                        if let Some(rate) = rate {
+                            let now = *now.get_or_insert_with(Instant::now);
+                            let elapsed = now.duration_since(conn.refilled).as_secs_f64();
+                            conn.tokens =
+                                (conn.tokens + elapsed * rate.frames_per_sec).min(rate.burst);
+                            conn.refilled = now;
+                            if conn.tokens < 1.0 {
+                                stop = Some(Stop::Rate(rate.action));
+                                break;
+                            }
+                            conn.tokens -= 1.0;
+                        }
+                        spans[n] = (pos, len);
+                        n += 1;
+                        pos += len;
                     }
-                    Stats::add(&self.stats.ring_full, 1);
-                    conn.rbuf.drain(..pos);
-                    Stats::add(&self.stats.frames_in, frames);
-                    self.blocked.push(idx);
-                    self.pause(idx, PAUSE_RING);
-                    return Decoded::Paused;
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(conn = conn.id.0, error = %e, "bad frame");
+                        stop = Some(Stop::Bad(match e {
+                            FrameError::Oversized { .. } => CloseReason::Oversized,
+                            FrameError::Malformed(_) => CloseReason::Malformed,
+                        }));
+                        break;
+                    }
                 }
-                Some(e) => {
-                    tracing::error!(error = %e, "ingress ring refuses events; stopping the loop");
-                    self.halted = true;
-                    break Decoded::Paused;
+            }
+            if n > 0 {
+                match self.ingress.try_claim_batch(n) {
+                    Ok(mut batch) => {
+                        for (i, &(start, len)) in spans[..n].iter().enumerate() {
+                            self.codec.decode(
+                                conn.id,
+                                &conn.rbuf[start..start + len],
+                                batch.get_mut(i),
+                            );
+                        }
+                        conn.rstart = pos;
+                        frames += n as u64;
+                    }
+                    Err(TryPublishError::Full) => {
+                        // Room shrank under us only if another producer shares the ring.
+                        if rate.is_some() {
+                            conn.tokens += n as f64;
+                        }
+                        stop = Some(Stop::Full);
+                        break Decoded::Paused;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "ingress ring refuses events; stopping the loop");
+                        self.halted = true;
+                        break Decoded::Paused;
+                    }
                 }
+            }
+            if stop.is_some() {
+                break Decoded::Paused;
+            }
+            if n < room {
+                break Decoded::NeedMore;
             }
         };
-        conn.rbuf.drain(..pos);
-        if conn.rbuf.is_empty() {
+        conn.compact();
+        if conn.rstart == conn.rbuf.len() {
             conn.frame_since = None;
         } else if conn.frame_since.is_none() {
             conn.frame_since = Some(Instant::now());
         }
         Stats::add(&self.stats.frames_in, frames);
-        outcome
+        match stop {
+            None => outcome,
+            Some(Stop::Full) => {
+                Stats::add(&self.stats.ring_full, 1);
+                self.blocked.push(idx);
+                self.pause(idx, PAUSE_RING);
+                Decoded::Paused
+            }
+            Some(Stop::Rate(RateAction::Throttle)) => {
+                Stats::add(&self.stats.throttled, 1);
+                self.pause(idx, PAUSE_THROTTLE);
+                Decoded::Paused
+            }
+            Some(Stop::Rate(RateAction::Close)) => {
+                self.close(idx, CloseReason::RateLimited);
+                Decoded::Closed
+            }
+            Some(Stop::Bad(reason)) => {
+                self.close(idx, reason);
+                Decoded::Closed
+            }
+        }
     }
 
     /// Readiness backend: reads connections that reported bytes.

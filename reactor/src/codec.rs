@@ -174,3 +174,43 @@ impl Codec for LengthPrefixed {
         Self::write_frame(&event.payload, out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_prefixed_waits_for_a_whole_frame() {
+        let mut codec = LengthPrefixed;
+        let mut wire = Vec::new();
+        LengthPrefixed::write_frame(b"abc", &mut wire);
+        for cut in 0..wire.len() {
+            assert_eq!(codec.frame_len(&wire[..cut], 64), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(codec.frame_len(&wire, 64), Ok(Some(7)));
+        let mut slot = Frame::with_capacity(8);
+        codec.decode(ConnId(3), &wire, &mut slot);
+        assert_eq!((slot.conn, &slot.payload[..]), (ConnId(3), &b"abc"[..]));
+    }
+
+    #[test]
+    fn length_prefixed_rejects_empty_and_oversized_frames_from_the_header() {
+        let mut codec = LengthPrefixed;
+        assert_eq!(
+            codec.frame_len(&[0, 0, 0, 0], 64),
+            Err(FrameError::Malformed("zero-length frame"))
+        );
+        assert_eq!(
+            codec.frame_len(&61u32.to_le_bytes(), 64),
+            Err(FrameError::Oversized { len: 65, max: 64 })
+        );
+        assert_eq!(codec.frame_len(&60u32.to_le_bytes(), 64), Ok(None));
+    }
+
+    #[test]
+    fn conn_ids_carry_index_and_generation() {
+        let id = ConnId::new(7, 9);
+        assert_eq!((id.index(), id.generation()), (7, 9));
+        assert_ne!(id, ConnId::new(7, 10));
+    }
+}

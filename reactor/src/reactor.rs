@@ -233,7 +233,10 @@ impl<C: Codec> Reactor<C> {
         self,
         ingress: Producer<C::In, SI>,
         egress: Option<Poller<C::Out, SO>>,
-    ) -> Result<(), ReactorError> {
+    ) -> Result<(), ReactorError>
+    where
+        Producer<C::In, SI>: Send + 'static,
+    {
         if let Some(core) = self.config.pin {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                 tracing::warn!(core, "cannot pin the event loop thread");
@@ -257,7 +260,15 @@ impl<C: Codec> Reactor<C> {
             halted: false,
             config: self.config,
         };
-        event_loop.run()
+        let result = event_loop.run();
+        let Loop {
+            ingress,
+            egress,
+            stats,
+            ..
+        } = event_loop;
+        close_ingress(ingress, egress, &stats);
+        result
     }
 
     /// Runs the loop on a new thread named [`Config::thread_name`]; see [`run`](Self::run).
@@ -292,6 +303,49 @@ impl<C: Codec> Reactor<C> {
             stopper,
             thread: Some(thread),
         })
+    }
+}
+
+/// Drops the ingress producer, which closes the ingress ring and joins its stages once
+/// they drain, while this thread keeps emptying the egress ring: a stage blocked on a
+/// full egress ring would otherwise never finish, and the join never return. Responses
+/// drained here have no connection left to go to and are counted as undeliverable.
+fn close_ingress<I, O, SI: Sequencer, SO: Sequencer>(
+    ingress: Producer<I, SI>,
+    egress: Option<Poller<O, SO>>,
+    stats: &Stats,
+) where
+    Producer<I, SI>: Send + 'static,
+{
+    let Some(mut egress) = egress else {
+        drop(ingress);
+        return;
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = Arc::clone(&done);
+    let closer = std::thread::Builder::new()
+        .name("reactor-close".to_string())
+        .spawn(move || {
+            drop(ingress);
+            finished.store(true, Ordering::Release);
+        });
+    let Ok(closer) = closer else {
+        tracing::warn!("cannot start a thread to close the ingress ring; leaving it open");
+        return;
+    };
+    loop {
+        let mut lost = 0u64;
+        let state = egress.poll(|_, _, _| lost += 1);
+        Stats::add(&stats.undeliverable, lost);
+        match state {
+            PollState::Events(_) => continue,
+            PollState::Drained | PollState::Halted => break,
+            PollState::Idle if done.load(Ordering::Acquire) => break,
+            PollState::Idle => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+    if closer.join().is_err() {
+        tracing::warn!("a stage panicked while the ingress ring closed");
     }
 }
 

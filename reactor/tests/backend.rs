@@ -50,3 +50,33 @@ fn the_environment_forces_mio() {
     assert_eq!(reactor.backend(), BackendKind::Mio);
     assert_eq!(reactor.fallback_reason(), None);
 }
+
+#[test]
+fn io_uring_with_sqpoll_serves_or_falls_back() {
+    let mut cfg = config(BackendChoice::IoUring);
+    // A short idle time: the kernel's submission thread spins only briefly after each
+    // submission, so the test never keeps a core busy.
+    cfg.sqpoll_idle = Some(std::time::Duration::from_millis(1));
+    let handle = echo_server(cfg, 64, None);
+    let mut s = connect(&handle);
+    for i in 0..100u32 {
+        round_trip(&mut s, &i.to_le_bytes());
+    }
+    handle.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_with_a_stage_blocked_on_a_full_egress_ring() {
+    // Regression: the loop dropped its ingress producer (joining the stages) while a stage
+    // waited for room in the egress ring that only the loop empties.
+    for backend in [BackendChoice::Mio, BackendChoice::IoUring] {
+        let handle = echo_server(config(backend), 4, None);
+        let mut s = connect(&handle);
+        let burst: Vec<u8> = (0..2000u32).flat_map(|i| frame(&i.to_le_bytes())).collect();
+        std::io::Write::write_all(&mut s, &burst).unwrap();
+        eventually("frames arrive", std::time::Duration::from_secs(10), || {
+            handle.stats().frames_in > 16
+        });
+        handle.shutdown().unwrap();
+    }
+}

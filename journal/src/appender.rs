@@ -354,6 +354,11 @@ impl Appender {
             .map
             .flush_range(0, tail.offset.min(active.map.bytes().len()))
             .map_err(Fault::io(&active.path))?;
+        let mut active = active;
+        if config.pretouch {
+            // A reopened tail was faulted in by the previous process, not this one.
+            active.map.prefault_from(tail.offset);
+        }
         let mut appender = Appender {
             max_payload: config.max_payload(),
             block_shift: active.header.index_block.trailing_zeros(),

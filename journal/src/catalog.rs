@@ -226,7 +226,7 @@ pub(crate) fn prepare(
     // appender is its only writer and never truncates it (see `SegmentMap`'s `# Safety`).
     let mut map = unsafe { SegmentMap::new(&file) }.map_err(Fault::io(&path))?;
     if prefault {
-        map.prefault();
+        map.prefault_from(0);
     }
     Ok(Prepared {
         index,

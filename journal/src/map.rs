@@ -123,18 +123,27 @@ impl SegmentMap {
         self.map.flush_range(offset, len)
     }
 
-    /// Faults every page in for writing so that appends do not take page faults.
-    /// Uses `MADV_POPULATE_WRITE` (Linux 5.14+) and falls back to touching one byte per page.
-    pub(crate) fn prefault(&mut self) {
-        if self.map.advise(Advice::PopulateWrite).is_ok() {
+    /// Faults every page from `offset` on in for writing so that appends do not take page
+    /// faults. Uses `MADV_POPULATE_WRITE` (Linux 5.14+) and falls back to touching one byte
+    /// per page (reading it and writing the same value back, so contents are unchanged).
+    pub(crate) fn prefault_from(&mut self, offset: usize) {
+        let len = self.map.len();
+        let start = offset / 4096 * 4096;
+        if start >= len {
             return;
         }
-        let len = self.map.len();
+        if self
+            .map
+            .advise_range(Advice::PopulateWrite, start, len - start)
+            .is_ok()
+        {
+            return;
+        }
         let base = self.map.as_mut_ptr();
-        let mut at = 0;
+        let mut at = start;
         while at < len {
-            // SAFETY: `at < len`, so the byte is inside the mapping; the segment was just
-            // created by this process and nobody else writes it yet; writing back the value
+            // SAFETY: `at < len`, so the byte is inside the mapping; only the single appender
+            // writes segment bytes (see the type-level `# Safety`), and writing back the value
             // just read changes nothing but forces a write fault on the page.
             unsafe {
                 let p = base.add(at);

@@ -79,9 +79,19 @@ impl Drop for Peregrine {
     }
 }
 
+/// The loop's busy-poll budget: `PEREGRINE_BENCH_BUSY_POLL_US` (default 0: none).
+fn busy_poll() -> Option<Duration> {
+    std::env::var("PEREGRINE_BENCH_BUSY_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&us| us > 0)
+        .map(Duration::from_micros)
+}
+
 fn peregrine_config(backend: BackendChoice) -> Config {
     Config {
         backend,
+        busy_poll: busy_poll(),
         idle_timeout: None,
         ..Config::with_addr("127.0.0.1:0".parse().unwrap())
     }

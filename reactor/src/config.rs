@@ -86,6 +86,11 @@ pub struct Config {
     /// Responses queued for one connection beyond which it is closed
     /// ([`CloseReason::SlowReader`](crate::CloseReason::SlowReader)).
     pub write_limit: usize,
+    /// Busy polling: after any I/O or response, keep polling (without blocking) for this
+    /// long before sleeping in the kernel, so a response that follows quickly is picked up
+    /// without a wake-up. Costs CPU: give the loop its own core. `None` (default): block
+    /// as soon as there is nothing to do.
+    pub busy_poll: Option<Duration>,
     /// How often the loop checks timers, throttles and a full ring while idle.
     pub tick: Duration,
     /// io_uring submission queue entries.
@@ -113,6 +118,7 @@ impl Default for Config {
             frame_timeout: Some(Duration::from_secs(10)),
             write_high_water: 1 << 20,
             write_limit: 16 << 20,
+            busy_poll: None,
             tick: Duration::from_millis(10),
             uring_entries: 1024,
             uring_buffers: 1024,

@@ -90,6 +90,16 @@
 //!   [`Config::frame_timeout`] (slow clients). A bad frame closes only its connection;
 //!   every close is counted by [`CloseReason`] in [`StatsSnapshot`].
 //! - The default address is loopback (`127.0.0.1:7070`).
+//!
+//! ## Latency and CPU
+//!
+//! The loop sleeps in its kernel wait (epoll or `io_uring_enter`) when idle; an
+//! [`Egress`] publish wakes it through an eventfd only while it sleeps (one fence and one
+//! load otherwise; see [`LoopWaker`]). Two hand-offs separate a request from its response
+//! (loop -> stage, stage -> loop); with blocking ring strategies each is a wake-up of a
+//! sleeping thread. Where cores allow it, [`Config::busy_poll`] keeps the loop polling
+//! for a while after activity, and a spinning or phased ring strategy keeps the stages
+//! awake, trading CPU for those wake-ups.
 
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_debug_implementations)]

@@ -519,6 +519,8 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
         tracing::debug!(backend = %self.backend.kind(), "event loop started");
         let mut next_tick = Instant::now() + self.config.tick;
         let mut result = Ok(());
+        // Busy polling: after activity, poll without blocking until this instant.
+        let mut spin_until: Option<Instant> = None;
         while !self.stop.load(Ordering::Acquire) && !self.halted {
             let mut busy = self.pump_egress();
             busy |= self.retry_blocked();
@@ -530,6 +532,14 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
             }
             busy |= !self.ready.is_empty() || !self.events.is_empty() || !self.dirty.is_empty();
             let mut timeout = Duration::ZERO;
+            if let Some(spin) = self.config.busy_poll {
+                if busy {
+                    spin_until = Some(now + spin);
+                } else if spin_until.is_some_and(|until| now < until) {
+                    std::hint::spin_loop();
+                    busy = true;
+                }
+            }
             if !busy {
                 timeout = next_tick.saturating_duration_since(now);
                 if !self.blocked.is_empty() {
@@ -551,6 +561,9 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
                 result = Err(ReactorError::Wait(e));
                 self.events = events;
                 break;
+            }
+            if let (Some(spin), false) = (self.config.busy_poll, events.is_empty()) {
+                spin_until = Some(Instant::now() + spin);
             }
             for event in events.drain(..) {
                 self.handle(event);

@@ -102,6 +102,7 @@ impl<E, S: Sequencer> AsyncProducer<E, S> {
                     Some(Ok(claim.sequence()))
                 }
                 Err(TryPublishError::Full) => None,
+                Err(TryPublishError::Closed) => Some(Err(PublishError::Closed)),
                 Err(_) => Some(Err(PublishError::Halted)),
             };
             if let Some(done) = attempt(&mut self.inner) {

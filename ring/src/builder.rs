@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::buffer::Slots;
-use crate::core::{lock, Control, Core, StageInfo, StageThread};
+use crate::core::{lock, Control, Core, StageInfo};
 use crate::error::{BuildError, ShutdownError, StageProgress};
 use crate::failure::FailurePolicy;
 use crate::handler::{EventHandler, ExclusiveHandler, TryEventHandler};
@@ -20,7 +20,7 @@ use crate::reader::Reader;
 use crate::sequence::Sequence;
 use crate::sequencer::{Multi, Sequencer, Single};
 use crate::stage::{Exclusive, Invoke, Plain, Shared, StageContext};
-use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, CachePadded};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, CachePadded, Ordering};
 use crate::telemetry::{StageStats, Telemetry};
 use crate::wait::{Notifier, WaitStrategy};
 
@@ -165,8 +165,9 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
     }
 
     /// Starts describing a stage that runs `handler` (an [`EventHandler`], or a closure
-    /// `FnMut(&E, u64, bool)`) on a thread named `name`. A panic in it goes to the stage's
-    /// [failure policy](StageBuilder::on_failure).
+    /// `FnMut(&E, u64, bool)`) on a thread named `name`. A panic in `on_event` or
+    /// `on_batch_start` goes to the stage's [failure policy](StageBuilder::on_failure); a
+    /// panic in `on_start`, `on_timeout` or `on_shutdown` halts the ring.
     pub fn stage<H: EventHandler<E>>(&mut self, name: &str, handler: H) -> StageBuilder<'_, E, S> {
         self.thread_stage(name, Plain(handler), false)
     }
@@ -375,6 +376,7 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
                         name,
                         sequence: Arc::new(Sequence::new(0)),
                         stats: Arc::new(StageStats::new()),
+                        running: Arc::new(AtomicBool::new(false)),
                     })
                     .collect()
             })
@@ -401,10 +403,11 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
             notifier: Notifier::new(),
             stalls: CachePadded::new(AtomicU64::new(0)),
             control: CachePadded::new(Control {
-                closed: AtomicBool::new(false),
-                halted: AtomicBool::new(false),
-                producers: AtomicUsize::new(0),
+                state: AtomicU8::new(0),
             }),
+            producers: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            joining: Mutex::new(()),
             stages: members
                 .iter()
                 .flatten()
@@ -412,9 +415,11 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
                     name: m.name.clone(),
                     sequence: Arc::clone(&m.sequence),
                     stats: Arc::clone(&m.stats),
+                    running: Arc::clone(&m.running),
                 })
                 .collect(),
             threads: Mutex::new(Vec::new()),
+            thread_ids: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
         });
 
@@ -442,15 +447,21 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
                 Kind::Poller => {
                     pollers.push((
                         index,
-                        Some(Poller::new(reader(0), Arc::clone(&members[index][0].stats))),
+                        Some(Poller::new(
+                            reader(0),
+                            Arc::clone(&members[index][0].stats),
+                            members[index][0].name.clone(),
+                        )),
                     ));
                     Ok(())
                 }
                 Kind::Thread { launch, .. } => {
                     let (r, c) = (reader(0), ctx(0));
+                    let m = &members[index][0];
                     spawn(
                         &core,
-                        &members[index][0].name,
+                        &m.name,
+                        &m.running,
                         spec.cores.first().copied(),
                         move || launch(r, c),
                     )
@@ -459,9 +470,11 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
                     let work = Arc::new(CachePadded::new(AtomicU64::new(0)));
                     workers.into_iter().enumerate().try_for_each(|(i, launch)| {
                         let (r, c, w) = (reader(i), ctx(i), Arc::clone(&work));
+                        let m = &members[index][i];
                         spawn(
                             &core,
-                            &members[index][i].name,
+                            &m.name,
+                            &m.running,
                             spec.cores.get(i).copied(),
                             move || launch(r, w, c),
                         )
@@ -470,7 +483,7 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
             };
             if let Err(reason) = spawned {
                 core.halt();
-                core.join_threads(true);
+                core.join_threads();
                 return Err(BuildError::Spawn {
                     stage: spec.name,
                     reason,
@@ -494,12 +507,26 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
 fn spawn<E: Send + Sync + 'static, S: Sequencer>(
     core: &Arc<Core<E, S>>,
     name: &str,
+    running: &Arc<AtomicBool>,
     pin: Option<usize>,
     body: impl FnOnce() + Send + 'static,
 ) -> Result<(), String> {
+    /// Marks the thread finished however it ends.
+    struct Exit<E, S: Sequencer>(Arc<Core<E, S>>, Arc<AtomicBool>);
+    impl<E, S: Sequencer> Drop for Exit<E, S> {
+        fn drop(&mut self) {
+            self.1.store(false, Ordering::Release);
+            // Release: everything the stage did happens before a shutdown that sees zero.
+            self.0.running.fetch_sub(1, Ordering::Release);
+        }
+    }
     let stage = name.to_owned();
     let shared = Arc::clone(core);
+    running.store(true, Ordering::Relaxed);
+    core.running.fetch_add(1, Ordering::Relaxed);
+    let exit = Exit(Arc::clone(core), Arc::clone(running));
     let thread_body = move || {
+        let _exit = exit;
         #[cfg(not(loom))]
         if let Some(c) = pin {
             if !crate::affinity::pin_current(c) {
@@ -524,11 +551,10 @@ fn spawn<E: Send + Sync + 'static, S: Sequencer>(
     let handle = crate::sync::thread::Builder::new()
         .name(name.to_owned())
         .spawn(thread_body)
+        // The closure (and its exit guard) is dropped on failure, undoing the count.
         .map_err(|e| e.to_string())?;
-    lock(&core.threads).push(StageThread {
-        name: name.to_owned(),
-        handle,
-    });
+    lock(&core.thread_ids).push(handle.thread().id());
+    lock(&core.threads).push(handle);
     Ok(())
 }
 
@@ -654,8 +680,9 @@ impl<E, S> std::fmt::Debug for StageBuilder<'_, E, S> {
 
 /// The handle of a running ring: telemetry, pollers, shutdown and halt.
 ///
-/// Dropping it does nothing; the stages keep running until the producers are dropped
-/// (drain) or [`halt`](Self::halt) / [`shutdown`](Self::shutdown) is called.
+/// Dropping it leaves the stages running until the producers are dropped (drain) or the
+/// ring halts; but pollers never taken from it are dropped with it, and a dropped poller
+/// halts the ring (nothing else would ever free its slots).
 pub struct Ring<E, S: Sequencer> {
     core: Arc<Core<E, S>>,
     ring_id: u64,
@@ -715,30 +742,30 @@ impl<E: Send + Sync + 'static, S: Sequencer> Ring<E, S> {
     pub fn shutdown(&self, timeout: Duration) -> Result<(), ShutdownError> {
         let deadline = Instant::now() + timeout;
         self.core.close();
-        loop {
-            let running = self.core.join_threads(false);
-            if running.is_empty() {
-                break;
-            }
+        // Wait for the threads themselves to finish (not for their handles: a producer
+        // dropped concurrently may be joining them).
+        while self.core.running.load(Ordering::Acquire) != 0 {
             if Instant::now() >= deadline {
                 self.core.halt();
                 // Stages that honour the halt stop at their batch boundary; give them a
                 // moment, then report whoever is still stuck.
-                std::thread::sleep(Duration::from_millis(10));
-                let still = self.core.join_threads(false);
+                let grace = Instant::now() + Duration::from_millis(10);
+                while self.core.running.load(Ordering::Acquire) != 0 && Instant::now() < grace {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let still = self.core.running_stages();
                 let left = self
                     .core
                     .progress()
                     .into_iter()
                     .filter(|p| still.contains(&p.name))
                     .collect();
-                for t in std::mem::take(&mut *lock(&self.core.threads)) {
-                    drop(t.handle); // detach the stuck thread
-                }
+                self.core.detach_threads();
                 return Err(ShutdownError::Timeout { left });
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        self.core.join_threads();
         self.core.halt();
         match self.failure() {
             Some((stage, failure)) => Err(ShutdownError::StageFailed { stage, failure }),
@@ -746,11 +773,18 @@ impl<E: Send + Sync + 'static, S: Sequencer> Ring<E, S> {
         }
     }
 
+    /// Waits until every stage thread has finished: after the last producer is dropped
+    /// elsewhere (or a halt), or when the last producer was dropped on a stage thread and
+    /// so could not join.
+    pub fn join(&self) {
+        self.core.join_threads();
+    }
+
     /// Stops every stage at its next batch boundary, without draining, and joins them;
     /// producers waiting for room get [`PublishError::Halted`](crate::PublishError::Halted).
     pub fn halt(&self) {
         self.core.halt();
-        self.core.join_threads(true);
+        self.core.join_threads();
     }
 }
 

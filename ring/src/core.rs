@@ -6,36 +6,33 @@ use crate::buffer::Slots;
 use crate::error::StageProgress;
 use crate::sequence::{minimum, Sequence};
 use crate::sequencer::Sequencer;
-use crate::sync::{thread::JoinHandle, Arc, AtomicBool, AtomicUsize, CachePadded, Ordering};
+use crate::sync::thread::{JoinHandle, ThreadId};
+use crate::sync::{Arc, AtomicBool, AtomicU8, AtomicUsize, CachePadded, Ordering};
 use crate::telemetry::{StageStats, Telemetry};
 use crate::wait::{Notifier, WaitStrategy};
+
+/// [`Control::state`] bit: no more events will come (last producer dropped, or shutdown):
+/// stages drain what is published, then stop; producers are refused.
+pub(crate) const CLOSED: u8 = 1;
+/// [`Control::state`] bit: stop at once: stages stop at the next batch boundary, producers
+/// get `Halted` instead of waiting.
+pub(crate) const HALTED: u8 = 2;
 
 /// Read-mostly flags, on their own cache line so that hot sequence writes never evict them.
 #[derive(Debug)]
 pub(crate) struct Control {
-    /// Set when no more events will come (last producer dropped, or shutdown): stages drain
-    /// what is published, then stop.
-    pub(crate) closed: AtomicBool,
-    /// Set to stop at once: stages stop at the next batch boundary, producers get
-    /// `Halted` instead of waiting.
-    pub(crate) halted: AtomicBool,
-    /// Live producers; the last one to drop closes the ring.
-    pub(crate) producers: AtomicUsize,
+    /// [`CLOSED`] and [`HALTED`] bits: one load tells a producer both.
+    pub(crate) state: AtomicU8,
 }
 
-/// A stage as the ring handle sees it.
+/// A stage (or pool worker, or poller) as the ring handle sees it.
 #[derive(Debug)]
 pub(crate) struct StageInfo {
     pub(crate) name: String,
     pub(crate) sequence: Arc<Sequence>,
     pub(crate) stats: Arc<StageStats>,
-}
-
-/// A running stage thread.
-#[derive(Debug)]
-pub(crate) struct StageThread {
-    pub(crate) name: String,
-    pub(crate) handle: JoinHandle<()>,
+    /// True while its thread runs (always false for a poller).
+    pub(crate) running: Arc<AtomicBool>,
 }
 
 /// Everything shared by one ring.
@@ -55,9 +52,19 @@ pub(crate) struct Core<E, S> {
     /// Times a producer found the ring full (slow path only).
     pub(crate) stalls: CachePadded<crate::sync::AtomicU64>,
     pub(crate) control: CachePadded<Control>,
+    /// Live producers; the last one to drop closes the ring. Written on clone and drop
+    /// only, so it lives away from the hot flags.
+    pub(crate) producers: AtomicUsize,
+    /// Stage threads still running.
+    pub(crate) running: AtomicUsize,
+    /// Serialises joiners, so a second joiner never mistakes a list taken by the first
+    /// for threads that have finished.
+    pub(crate) joining: Mutex<()>,
     pub(crate) stages: Box<[StageInfo]>,
     /// Cold bookkeeping (not part of any lock-free protocol).
-    pub(crate) threads: Mutex<Vec<StageThread>>,
+    pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Every stage thread ever started (kept after joining, unlike `threads`).
+    pub(crate) thread_ids: Mutex<Vec<ThreadId>>,
     /// The failure that halted the ring: (stage, failure as text).
     pub(crate) failure: Mutex<Option<(String, String)>>,
 }
@@ -66,14 +73,21 @@ impl<E, S: Sequencer> Core<E, S> {
     #[inline(always)]
     pub(crate) fn is_halted(&self) -> bool {
         // Relaxed: the flag only asks the reader to stop; no data is published with it.
-        self.control.halted.load(Ordering::Relaxed)
+        self.control.state.load(Ordering::Relaxed) & HALTED != 0
+    }
+
+    /// The state bits for a producer about to claim (Relaxed: nothing is published with
+    /// them; a claim racing a close is reported by shutdown, see `Ring::shutdown`).
+    #[inline(always)]
+    pub(crate) fn state(&self) -> u8 {
+        self.control.state.load(Ordering::Relaxed)
     }
 
     /// Acquire: pairs with the Release in `close`, so whoever sees `closed` also sees every
     /// publish made before it.
     #[inline]
     pub(crate) fn is_closed(&self) -> bool {
-        self.control.closed.load(Ordering::Acquire)
+        self.control.state.load(Ordering::Acquire) & CLOSED != 0
     }
 
     /// Signals parked waiters after a sequence moved, when the strategy can park.
@@ -86,13 +100,14 @@ impl<E, S: Sequencer> Core<E, S> {
 
     /// No more events will be published: stages drain, then stop.
     pub(crate) fn close(&self) {
-        self.control.closed.store(true, Ordering::Release);
+        // Release: every publish before the close is visible to a stage that sees it.
+        self.control.state.fetch_or(CLOSED, Ordering::Release);
         self.notifier.signal_all();
     }
 
     /// Stop now: stages stop at their next batch boundary, producers stop waiting.
     pub(crate) fn halt(&self) {
-        self.control.halted.store(true, Ordering::Release);
+        self.control.state.fetch_or(HALTED, Ordering::Release);
         self.notifier.signal_all();
     }
 
@@ -130,36 +145,44 @@ impl<E, S: Sequencer> Core<E, S> {
         }
     }
 
-    /// Joins every stage thread that has finished (or all of them when `all`), except the
-    /// calling thread. Returns the names of threads still running.
-    pub(crate) fn join_threads(&self, all: bool) -> Vec<String> {
+    /// True if the calling thread is one of this ring's stage threads.
+    pub(crate) fn on_stage_thread(&self) -> bool {
         let me = crate::sync::thread::current().id();
-        let taken: Vec<StageThread> = std::mem::take(&mut *lock(&self.threads));
-        let mut left = Vec::new();
-        let mut still = Vec::new();
+        lock(&self.thread_ids).contains(&me)
+    }
+
+    /// Joins every stage thread (except the caller's own). Joiners are serialised: when
+    /// this returns, every thread it did not skip has finished.
+    pub(crate) fn join_threads(&self) {
+        let _one_at_a_time = lock(&self.joining);
+        let me = crate::sync::thread::current().id();
+        let taken: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
+        let mut mine = Vec::new();
         for t in taken {
-            if t.handle.thread().id() == me || (!all && !is_finished(&t.handle)) {
-                left.push(t.name.clone());
-                still.push(t);
+            if t.thread().id() == me {
+                mine.push(t);
             } else {
-                // The stage body catches panics itself, so join only fails if the
-                // runtime could not report; there is nothing more to do with it.
-                let _ = t.handle.join();
+                // Stage bodies catch panics themselves, so join cannot fail in a way that
+                // matters here.
+                let _ = t.join();
             }
         }
-        lock(&self.threads).extend(still);
-        left
+        lock(&self.threads).extend(mine);
     }
-}
 
-#[cfg(not(loom))]
-fn is_finished(h: &JoinHandle<()>) -> bool {
-    h.is_finished()
-}
+    /// Drops the handles of the stage threads (they run on, detached).
+    pub(crate) fn detach_threads(&self) {
+        drop(std::mem::take(&mut *lock(&self.threads)));
+    }
 
-#[cfg(loom)]
-fn is_finished(_h: &JoinHandle<()>) -> bool {
-    true
+    /// Names of the stage threads still running.
+    pub(crate) fn running_stages(&self) -> Vec<String> {
+        self.stages
+            .iter()
+            .filter(|s| s.running.load(Ordering::Acquire))
+            .map(|s| s.name.clone())
+            .collect()
+    }
 }
 
 /// Locks a cold-path mutex, recovering from poisoning (the data is plain bookkeeping).

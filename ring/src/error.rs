@@ -91,6 +91,10 @@ pub enum PublishError {
         /// Ring capacity.
         capacity: u64,
     },
+    /// The ring is shutting down ([`Ring::shutdown`](crate::Ring::shutdown)): stages are
+    /// draining what was published before and take nothing new.
+    #[error("ring is shut down")]
+    Closed,
     /// The ring was full and the producer policy is [`WhenFull::Fail`](crate::WhenFull::Fail).
     #[error("ring is full")]
     Full,
@@ -110,6 +114,9 @@ pub enum TryPublishError {
     /// The ring was halted; nothing will consume further events.
     #[error("ring is halted")]
     Halted,
+    /// The ring is shutting down; stages take nothing new.
+    #[error("ring is shut down")]
+    Closed,
     /// A batch larger than the ring can ever hold.
     #[error("batch of {requested} exceeds ring capacity {capacity}")]
     BatchTooLarge {

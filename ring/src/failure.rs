@@ -400,18 +400,31 @@ pub(crate) struct Attempts {
     rng: u64,
 }
 
+/// Where a failure happened.
+#[derive(Debug)]
+pub(crate) struct Site<'a, E> {
+    pub(crate) stage: &'a str,
+    pub(crate) sequence: u64,
+    pub(crate) batch_start: u64,
+    pub(crate) event: &'a E,
+}
+
 impl<E: 'static> FailurePolicy<E> {
-    /// Decides what to do about `failure` on `event`; may sleep (retry backoff) and may
+    /// Decides what to do about `failure` on `event`; may `pause` (retry backoff) and may
     /// hand the event to a sink.
     pub(crate) fn decide(
         &self,
-        stage: &str,
-        sequence: u64,
-        batch_start: u64,
-        event: &E,
+        site: &Site<'_, E>,
         failure: &Failure,
         attempts: &mut Attempts,
+        pause: &mut dyn FnMut(Duration),
     ) -> Action {
+        let Site {
+            stage,
+            sequence,
+            batch_start,
+            event,
+        } = *site;
         // Each nested level of the policy tree counts with the same counters: nesting
         // a Retry inside a Retry is not meaningful and shares the budget.
         match self {
@@ -438,10 +451,10 @@ impl<E: 'static> FailurePolicy<E> {
                     let exp = initial_delay.saturating_mul(1u32 << attempts.retries.min(20));
                     let ceiling = exp.min(*max_delay);
                     attempts.retries += 1;
-                    crate::sync::sleep(attempts.jitter(ceiling));
+                    pause(attempts.jitter(ceiling));
                     Action::Retry
                 } else {
-                    then.decide(stage, sequence, batch_start, event, failure, attempts)
+                    then.decide(site, failure, attempts, pause)
                 }
             }
             FailurePolicy::RewindBatch {
@@ -456,7 +469,7 @@ impl<E: 'static> FailurePolicy<E> {
                     attempts.rewinds += 1;
                     Action::Rewind
                 } else {
-                    then.decide(stage, sequence, batch_start, event, failure, attempts)
+                    then.decide(site, failure, attempts, pause)
                 }
             }
         }

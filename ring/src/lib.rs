@@ -173,7 +173,7 @@
 //! - [`Ring::shutdown`] drains with a timeout and reports what was left if it passes.
 //! - [`Ring::halt`] stops at the next batch boundary without draining.
 //! - A stage that panics halts the ring: producers get [`PublishError::Halted`] instead of
-//!   waiting forever, and [`Ring::panic`] tells which stage and why.
+//!   waiting forever, and [`Ring::failure`] tells which stage and why.
 //!
 //! ## Threads and cores
 //!

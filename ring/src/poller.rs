@@ -22,15 +22,22 @@ pub enum PollState {
 /// loop (a game loop, an event loop, a test).
 ///
 /// A poller gates producers like any stage: a poller that is never polled stops the ring
-/// once it is full.
+/// once it is full, and stages gated on it finish only once it is drained. Dropping a
+/// poller before the ring has drained halts the ring (nothing else would ever free its
+/// slots) and records why in [`Ring::failure`](crate::Ring::failure).
 pub struct Poller<E, S: Sequencer> {
     reader: Reader<E, S>,
     stats: Arc<StageStats>,
+    name: String,
 }
 
 impl<E, S: Sequencer> Poller<E, S> {
-    pub(crate) fn new(reader: Reader<E, S>, stats: Arc<StageStats>) -> Self {
-        Self { reader, stats }
+    pub(crate) fn new(reader: Reader<E, S>, stats: Arc<StageStats>, name: String) -> Self {
+        Self {
+            reader,
+            stats,
+            name,
+        }
     }
 
     #[inline(always)]
@@ -54,6 +61,9 @@ impl<E, S: Sequencer> Poller<E, S> {
     /// `on_event(event, sequence, end_of_batch)`; never waits.
     #[inline]
     pub fn poll(&mut self, on_event: impl FnMut(&E, u64, bool)) -> PollState {
+        if self.reader.core.is_halted() {
+            return PollState::Halted;
+        }
         match self.reader.poll() {
             Some(Ready::Events(end)) => self.handle(end, on_event),
             Some(Ready::Drained) => PollState::Drained,
@@ -65,6 +75,9 @@ impl<E, S: Sequencer> Poller<E, S> {
     /// Handles at most one event; never waits.
     #[inline]
     pub fn poll_one(&mut self, on_event: impl FnMut(&E, u64, bool)) -> PollState {
+        if self.reader.core.is_halted() {
+            return PollState::Halted;
+        }
         match self.reader.poll() {
             Some(Ready::Events(end)) => self.handle_up_to(end, 1, on_event),
             Some(Ready::Drained) => PollState::Drained,
@@ -102,5 +115,19 @@ impl<E, S: Sequencer> std::fmt::Debug for Poller<E, S> {
         f.debug_struct("Poller")
             .field("reader", &self.reader)
             .finish()
+    }
+}
+
+impl<E, S: Sequencer> Drop for Poller<E, S> {
+    fn drop(&mut self) {
+        let core = &self.reader.core;
+        let drained = core.is_closed() && self.reader.next >= core.sequencer.claimed();
+        if !drained && !core.is_halted() {
+            crate::core::lock(&core.failure).get_or_insert((
+                self.name.clone(),
+                "poller dropped before the ring drained".into(),
+            ));
+            core.halt();
+        }
     }
 }

@@ -7,7 +7,7 @@
 use std::ops::{Deref, DerefMut, Range};
 use std::time::{Duration, Instant};
 
-use crate::core::Core;
+use crate::core::{Core, HALTED};
 use crate::error::{PublishError, TryPublishError};
 use crate::sequencer::{Multi, Sequencer, Single};
 use crate::sync::{mutation, Arc, Ordering};
@@ -67,7 +67,7 @@ pub type MultiProducer<E> = Producer<E, Multi>;
 
 impl<E, S: Sequencer> Producer<E, S> {
     pub(crate) fn new(core: Arc<Core<E, S>>) -> Self {
-        core.control.producers.fetch_add(1, Ordering::Relaxed);
+        core.producers.fetch_add(1, Ordering::Relaxed);
         let local = core.sequencer.new_local();
         Self { core, local }
     }
@@ -103,8 +103,13 @@ impl<E, S: Sequencer> Producer<E, S> {
 
     #[inline(always)]
     fn claim_range(&mut self, n: u64, deadline: Option<Instant>) -> Result<u64, PublishError> {
-        if self.core.is_halted() && !mutation::HALT_IGNORED {
-            return Err(PublishError::Halted);
+        let state = self.core.state();
+        if state != 0 && !mutation::HALT_IGNORED {
+            return Err(if state & HALTED != 0 {
+                PublishError::Halted
+            } else {
+                PublishError::Closed
+            });
         }
         let deadline = match (self.core.when_full, deadline) {
             (_, Some(d)) => Some(d),
@@ -112,6 +117,7 @@ impl<E, S: Sequencer> Producer<E, S> {
             (WhenFull::Fail, None) => {
                 return self.try_claim_range(n).map_err(|e| match e {
                     TryPublishError::Halted => PublishError::Halted,
+                    TryPublishError::Closed => PublishError::Closed,
                     _ => PublishError::Full,
                 });
             }
@@ -157,6 +163,7 @@ impl<E, S: Sequencer> Producer<E, S> {
             match self.try_claim_range(n) {
                 Ok(start) => return Ok(start),
                 Err(TryPublishError::Full) => {}
+                Err(TryPublishError::Closed) => return Err(PublishError::Closed),
                 Err(_) => return Err(PublishError::Halted),
             }
             // (the failed try above counted the stall)
@@ -179,8 +186,13 @@ impl<E, S: Sequencer> Producer<E, S> {
 
     #[inline(always)]
     fn try_claim_range(&mut self, n: u64) -> Result<u64, TryPublishError> {
-        if self.core.is_halted() {
-            return Err(TryPublishError::Halted);
+        let state = self.core.state();
+        if state != 0 {
+            return Err(if state & HALTED != 0 {
+                TryPublishError::Halted
+            } else {
+                TryPublishError::Closed
+            });
         }
         let core = &*self.core;
         core.sequencer
@@ -372,13 +384,20 @@ impl<E> Clone for Producer<E, Multi> {
 
 impl<E, S: Sequencer> Drop for Producer<E, S> {
     /// The last producer to drop closes the ring, then joins the stage threads once they
-    /// have handled everything published.
+    /// have handled everything published (not when dropped on a stage thread: see
+    /// [`Ring::join`](crate::Ring::join)). A thread stage gated on a [`Poller`](crate::Poller)
+    /// finishes only once that poller is drained, so drain pollers first.
     fn drop(&mut self) {
         // AcqRel: the last producer acquires every other producer's publishes (released by
         // their own decrement) before it closes the ring.
-        if self.core.control.producers.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.core.producers.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.core.close();
-            self.core.join_threads(true);
+            // On a stage thread (a handler that owned the last producer), joining would
+            // wait for a batch that cannot end until this returns: leave that to
+            // `Ring::join`.
+            if !self.core.on_stage_thread() {
+                self.core.join_threads();
+            }
         }
     }
 }
@@ -394,7 +413,9 @@ impl<E, S: Sequencer> std::fmt::Debug for Producer<E, S> {
 
 /// One claimed slot; derefs to the event and publishes it when dropped.
 ///
-/// Forgetting a claim (`mem::forget`) leaves a gap that stages will wait on forever.
+/// Forgetting a claim (`mem::forget`) never publishes it: in a multi-producer ring stages
+/// wait on that gap forever; in a single-producer ring the next publish moves the cursor
+/// past it (a debug assertion flags it). Neither is undefined behaviour.
 pub struct Claim<'a, E, S: Sequencer> {
     producer: &'a mut Producer<E, S>,
     sequence: u64,

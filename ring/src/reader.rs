@@ -45,6 +45,9 @@ pub(crate) struct Reader<E, S> {
     /// Next sequence to handle; equal to `sequence` between batches. Private copy so the
     /// hot loop never reads its own shared counter.
     pub(crate) next: u64,
+    /// The end of the run last seen available (acquired by this thread earlier; ends only
+    /// grow), so draining a backlog does not rescan it for every batch.
+    cached_end: u64,
     pub(crate) max_batch: u64,
 }
 
@@ -61,13 +64,25 @@ impl<E, S: Sequencer> Reader<E, S> {
             deps,
             sequence,
             next,
+            cached_end: next,
             max_batch,
         }
     }
 
     /// The end of the run of events this reader may handle now.
     #[inline(always)]
-    pub(crate) fn available(&self) -> u64 {
+    pub(crate) fn available(&mut self) -> u64 {
+        if self.next < self.cached_end {
+            return self.cached_end;
+        }
+        let end = self.available_now();
+        self.cached_end = end;
+        end
+    }
+
+    /// [`available`](Self::available) without the cache.
+    #[inline(always)]
+    fn available_now(&self) -> u64 {
         if self.deps.is_empty() || mutation::BARRIER_IGNORES_DEPS {
             self.core.sequencer.published(self.next)
         } else {
@@ -79,8 +94,17 @@ impl<E, S: Sequencer> Reader<E, S> {
 
     /// One non-blocking look: events, drained, halted, or nothing yet.
     #[inline]
-    pub(crate) fn poll(&self) -> Option<Ready> {
-        let end = self.available();
+    pub(crate) fn poll(&mut self) -> Option<Ready> {
+        if self.available() > self.next {
+            return Some(Ready::Events(self.cached_end));
+        }
+        self.poll_now()
+    }
+
+    /// [`poll`](Self::poll) without the cache (for waiters, which hold `&self`).
+    #[inline]
+    fn poll_now(&self) -> Option<Ready> {
+        let end = self.available_now();
         if end > self.next {
             return Some(Ready::Events(end));
         }
@@ -92,7 +116,7 @@ impl<E, S: Sequencer> Reader<E, S> {
                 return Some(Ready::Drained);
             }
             // Everything published before the close is visible now: look once more.
-            let end = self.available();
+            let end = self.available_now();
             if end > self.next {
                 return Some(Ready::Events(end));
             }
@@ -105,10 +129,17 @@ impl<E, S: Sequencer> Reader<E, S> {
 
     /// Waits by the ring's strategy; `Err` when the strategy's timeout passed first.
     #[inline]
-    pub(crate) fn wait(&self) -> Result<Ready, crate::wait::TimedOut> {
+    pub(crate) fn wait(&mut self) -> Result<Ready, crate::wait::TimedOut> {
+        if let Some(ready) = self.poll() {
+            return Ok(ready);
+        }
         let core = &*self.core;
         let deadline = core.wait.timeout().map(|t| std::time::Instant::now() + t);
-        core.wait.wait(&core.notifier, deadline, || self.poll())
+        let ready = core.wait.wait(&core.notifier, deadline, || self.poll_now());
+        if let Ok(Ready::Events(end)) = ready {
+            self.cached_end = end;
+        }
+        ready
     }
 
     /// Handles `next .. end`, at most `limit` events and at most the maximum batch, with

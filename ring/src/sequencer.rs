@@ -15,7 +15,7 @@
 //! stage has not finished with.
 
 use crate::sequence::{minimum, Sequence};
-use crate::sync::{mutation, spin_loop, Arc, AtomicU64, CachePadded, Ordering};
+use crate::sync::{fence, mutation, spin_loop, Arc, AtomicU64, CachePadded, Ordering};
 
 mod sealed {
     pub trait Sealed {}
@@ -279,19 +279,23 @@ impl Sequencer for Multi {
 
     #[inline]
     fn published(&self, next: u64) -> u64 {
-        // Acquire on the claim counter is not what protects slot data (the availability
-        // words are); it bounds the scan.
-        let claimed = self.claim.load(Ordering::Acquire);
         if mutation::SKIP_AVAILABILITY {
-            return claimed;
+            return self.claim.load(Ordering::Acquire);
         }
+        // The availability words alone are exact: within `next .. next + capacity` a word
+        // holds `s + 1` only once `s` is published, and never a later lap (the caller's own
+        // sequence, at most `next`, gates the producers). So the producers' claim counter,
+        // their most written line, is not read here at all.
+        let limit = next + self.capacity;
         let mut s = next;
-        while s < claimed {
-            // Acquire: pairs with the Release in `publish`, making the slot write visible.
-            if self.available[(s & self.mask) as usize].load(Ordering::Acquire) != s + 1 {
-                break;
-            }
+        while s < limit && self.available[(s & self.mask) as usize].load(Ordering::Relaxed) == s + 1
+        {
             s += 1;
+        }
+        if s > next {
+            // Acquire fence: pairs with the Release stores in `publish`, making the slot
+            // writes of every word read above visible (one fence per scan, not per word).
+            fence(Ordering::Acquire);
         }
         s
     }

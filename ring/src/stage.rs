@@ -8,8 +8,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::buffer::Slots;
-use crate::core::lock;
-use crate::failure::{Action, Attempts, Failure, FailurePolicy};
+use crate::core::{lock, Core};
+use crate::failure::{Action, Attempts, Failure, FailurePolicy, Site};
 use crate::handler::{BoxError, EventHandler, ExclusiveHandler, TryEventHandler};
 use crate::reader::{Reader, Ready};
 use crate::sequencer::Sequencer;
@@ -130,8 +130,8 @@ enum Batch {
 /// Handles `start .. stop` with `invoke`, applying the failure policy. Does not advance the
 /// stage's sequence.
 #[inline(always)]
-fn handle_batch<E: 'static, I: Invoke<E>>(
-    slots: &Slots<E>,
+fn handle_batch<E: 'static, S: Sequencer, I: Invoke<E>>(
+    core: &Core<E, S>,
     invoke: &mut I,
     ctx: &StageContext<E>,
     attempts: &mut Attempts,
@@ -139,10 +139,14 @@ fn handle_batch<E: 'static, I: Invoke<E>>(
     stop: u64,
     depth: u64,
 ) -> Batch {
-    invoke.batch_start(stop - start, depth);
+    let slots = &core.slots;
     let mut cursor = start;
     loop {
         let result = catch_unwind(AssertUnwindSafe(|| {
+            if cursor == start {
+                // Inside the catch: a panic here goes to the policy like one in on_event.
+                invoke.batch_start(stop - start, depth);
+            }
             while cursor < stop {
                 let s = cursor;
                 // SAFETY: `start .. stop` was read from the barrier (published) and the stage's
@@ -163,17 +167,20 @@ fn handle_batch<E: 'static, I: Invoke<E>>(
         // SAFETY: as above; the policy only reads the event.
         let action = unsafe {
             slots.read(failed, |e| {
+                let site = Site {
+                    stage: &ctx.name,
+                    sequence: failed,
+                    batch_start: start,
+                    event: e,
+                };
                 ctx.policy
-                    .decide(&ctx.name, failed, start, e, &failure, attempts)
+                    .decide(&site, &failure, attempts, &mut |d| pause(core, d))
             })
         };
         match action {
             Action::Retry => cursor = failed,
             Action::Skip => cursor = failed + 1,
-            Action::Rewind => {
-                cursor = start;
-                invoke.batch_start(stop - start, depth);
-            }
+            Action::Rewind => cursor = start,
             Action::Halt => return Batch::Halt(failure.to_string()),
         }
         if cursor >= stop {
@@ -182,9 +189,28 @@ fn handle_batch<E: 'static, I: Invoke<E>>(
     }
 }
 
+/// Sleeps `d` for a retry backoff, waking early if the ring halts.
+fn pause<E, S: Sequencer>(core: &Core<E, S>, d: std::time::Duration) {
+    #[cfg(not(loom))]
+    {
+        let deadline = std::time::Instant::now() + d;
+        let _ = core
+            .notifier
+            .wait(Some(deadline), || core.is_halted().then_some(()));
+    }
+    #[cfg(loom)]
+    {
+        let _ = core;
+        crate::sync::sleep(d);
+    }
+}
+
 /// Waits for the next run of events; `None` when the stage must stop.
 #[inline]
-fn next_batch<E, S: Sequencer, I: Invoke<E>>(reader: &Reader<E, S>, invoke: &mut I) -> Option<u64> {
+fn next_batch<E, S: Sequencer, I: Invoke<E>>(
+    reader: &mut Reader<E, S>,
+    invoke: &mut I,
+) -> Option<u64> {
     loop {
         // Fast path: events already there and no halt; one relaxed flag load per batch.
         let end = reader.available();
@@ -207,12 +233,12 @@ pub(crate) fn run<E: 'static, S: Sequencer, I: Invoke<E>>(
 ) {
     invoke.start();
     let mut attempts = Attempts::new(reader.next ^ 0x9E37_79B9_7F4A_7C15);
-    while let Some(end) = next_batch(&reader, &mut invoke) {
+    while let Some(end) = next_batch(&mut reader, &mut invoke) {
         let start = reader.next;
         let stop = end.min(start.saturating_add(reader.max_batch));
-        let core = Arc::clone(&reader.core);
+        let core = &*reader.core;
         match handle_batch(
-            &core.slots,
+            core,
             &mut invoke,
             &ctx,
             &mut attempts,
@@ -237,9 +263,10 @@ pub(crate) fn run<E: 'static, S: Sequencer, I: Invoke<E>>(
 /// Runs one worker of a pool: each event goes to exactly one worker.
 ///
 /// LMAX's work processor: the pool shares `work`, the next sequence nobody has taken. A
-/// worker first lowers its own sequence to the value it is about to take (so the pool's
+/// worker first sets its own sequence to the value it is about to take (so the pool's
 /// minimum never claims an event some worker still holds), then takes it with a
-/// compare-and-swap, waits for it to be published, and handles it.
+/// compare-and-swap, waits for it to be published, and handles it. A worker's sequence
+/// only grows, and stays at or below the event it holds until it has handled it.
 pub(crate) fn run_worker<E: 'static, S: Sequencer, I: Invoke<E>>(
     mut reader: Reader<E, S>,
     work: Arc<CachePadded<AtomicU64>>,
@@ -271,12 +298,12 @@ pub(crate) fn run_worker<E: 'static, S: Sequencer, I: Invoke<E>>(
             }
         };
         reader.next = taken;
-        let Some(end) = next_batch(&reader, &mut invoke) else {
+        let Some(end) = next_batch(&mut reader, &mut invoke) else {
             break;
         };
-        let core = Arc::clone(&reader.core);
+        let core = &*reader.core;
         match handle_batch(
-            &core.slots,
+            core,
             &mut invoke,
             &ctx,
             &mut attempts,

@@ -10,9 +10,11 @@
 //! primitives; it is not part of the stable API.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 #[cfg(loom)]
 pub(crate) use loom::sync::Arc;
@@ -55,9 +57,9 @@ pub(crate) fn sleep(d: std::time::Duration) {
 /// Thread spawning and handles.
 pub(crate) mod thread {
     #[cfg(loom)]
-    pub(crate) use loom::thread::{current, Builder, JoinHandle};
+    pub(crate) use loom::thread::{current, Builder, JoinHandle, ThreadId};
     #[cfg(not(loom))]
-    pub(crate) use std::thread::{current, Builder, JoinHandle};
+    pub(crate) use std::thread::{current, Builder, JoinHandle, ThreadId};
 }
 
 /// `UnsafeCell` with the `with` / `with_mut` API of loom, so accesses are checked under

@@ -24,6 +24,13 @@
 //! waiter count. The two fences are totally ordered, so either the parking thread sees the
 //! new sequence or the signaller sees the waiter, and no wake-up is lost (modelled in
 //! `peregrine-loom-tests`).
+//!
+//! Costs to know: in a ring where anything may park (a blocking or phased strategy, or
+//! `WhenFull::Park`), every publish and every batch commit pays one SeqCst fence (an
+//! `mfence`-class instruction on x86), whether or not anyone is parked. Busy-spin, yield and
+//! sleep rings pay nothing. The notifier is one per ring: while any thread is parked, every
+//! sequence move wakes all parked threads, which re-check and park again; a ring whose
+//! stages idle often while others are busy may prefer `phased` with a longer spin.
 
 use std::time::{Duration, Instant};
 

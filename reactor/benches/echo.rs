@@ -194,9 +194,22 @@ impl Drop for Tokio {
     }
 }
 
-/// A tokio server on a current-thread runtime: `echo` writes each frame back; otherwise
-/// frames go to a consumer thread over a bounded channel.
-fn tokio_server(echo: bool) -> Box<dyn Server> {
+/// What a tokio server does with each frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TokioMode {
+    /// Writes it back from the connection's task (no other thread involved).
+    Echo,
+    /// Hands it to a logic thread over a channel, which hands it back over another to
+    /// the connection's writer task: the same two hops as the peregrine pipeline.
+    Pipeline,
+    /// Hands it to a consumer thread over a bounded channel (ingress).
+    Ingress,
+}
+
+type Reply = tokio::sync::mpsc::UnboundedSender<Vec<u8>>;
+
+/// A tokio server on a current-thread runtime, in one of the [`TokioMode`]s.
+fn tokio_server(mode: TokioMode) -> Box<dyn Server> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let consumed = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -210,13 +223,20 @@ fn tokio_server(echo: bool) -> Box<dyn Server> {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(RING);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, Option<Reply>)>(RING);
             let consumer = std::thread::spawn(move || {
                 let mut seen = 0u64;
-                while let Some(frame) = rx.blocking_recv() {
-                    std::hint::black_box(frame.len());
+                while let Some((frame, reply)) = rx.blocking_recv() {
                     seen += 1;
                     count.store(seen, Ordering::Relaxed);
+                    match reply {
+                        Some(reply) => {
+                            let _ = reply.send(frame);
+                        }
+                        None => {
+                            std::hint::black_box(frame.len());
+                        }
+                    }
                 }
             });
             let accept = async {
@@ -225,9 +245,29 @@ fn tokio_server(echo: bool) -> Box<dyn Server> {
                     stream.set_nodelay(true).unwrap();
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        let (r, mut w) = stream.into_split();
+                        let (r, w) = stream.into_split();
+                        let mut w = Some(w);
                         let mut r = tokio::io::BufReader::with_capacity(64 * 1024, r);
+                        let reply = (mode == TokioMode::Pipeline).then(|| {
+                            let mut w = w.take().expect("the write half");
+                            let (reply, mut replies) =
+                                tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+                            tokio::spawn(async move {
+                                let mut out = Vec::with_capacity(64 * 1024);
+                                while let Some(payload) = replies.recv().await {
+                                    out.clear();
+                                    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                                    out.extend_from_slice(&payload);
+                                    if w.write_all(&out).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            });
+                            reply
+                        });
+                        let mut w = w.filter(|_| mode == TokioMode::Echo);
                         let mut buf = Vec::with_capacity(64 * 1024);
+                        let mut out = Vec::with_capacity(64 * 1024);
                         loop {
                             let mut header = [0u8; 4];
                             if r.read_exact(&mut header).await.is_err() {
@@ -241,14 +281,14 @@ fn tokio_server(echo: bool) -> Box<dyn Server> {
                             if r.read_exact(&mut buf).await.is_err() {
                                 return;
                             }
-                            if echo {
-                                let mut out = Vec::with_capacity(4 + len);
+                            if let Some(w) = w.as_mut() {
+                                out.clear();
                                 out.extend_from_slice(&header);
                                 out.extend_from_slice(&buf);
                                 if w.write_all(&out).await.is_err() {
                                     return;
                                 }
-                            } else if tx.send(buf.clone()).await.is_err() {
+                            } else if tx.send((buf.clone(), reply.clone())).await.is_err() {
                                 return;
                             }
                         }
@@ -260,8 +300,8 @@ fn tokio_server(echo: bool) -> Box<dyn Server> {
                 _ = stop_rx => {}
             }
             drop(tx);
-            // Connection tasks hold senders; they end when their clients disconnect, and
-            // the runtime drops them at shutdown, which ends the consumer.
+            // Connection tasks hold senders; the runtime drops them at shutdown, which
+            // ends the consumer thread (detached here).
             let _ = consumer;
         });
     });
@@ -368,7 +408,17 @@ fn ingress_throughput(server: &dyn Server, s: &Settings) -> f64 {
 struct Row {
     name: &'static str,
     hist: Histogram<u64>,
+    /// Each round's p50, for the median over rounds (robust to a disturbed round).
+    p50s: Vec<u64>,
     ingress: f64,
+}
+
+impl Row {
+    fn median_p50(&self) -> u64 {
+        let mut v = self.p50s.clone();
+        v.sort_unstable();
+        v[v.len() / 2]
+    }
 }
 
 fn us(ns: u64) -> String {
@@ -414,17 +464,22 @@ fn main() {
         s.throughput_secs
     );
     type Make = fn() -> Box<dyn Server>;
-    let servers: [(&'static str, Make, Make); 3] = [
-        ("tokio", || tokio_server(true), || tokio_server(false)),
+    let servers: [(&'static str, Make, Option<Make>); 4] = [
+        (
+            "tokio",
+            || tokio_server(TokioMode::Echo),
+            Some(|| tokio_server(TokioMode::Ingress)),
+        ),
+        ("tokio-pipeline", || tokio_server(TokioMode::Pipeline), None),
         (
             "peregrine-mio",
             || peregrine_echo(BackendChoice::Mio, BackendKind::Mio),
-            || peregrine_ingress(BackendChoice::Mio, BackendKind::Mio),
+            Some(|| peregrine_ingress(BackendChoice::Mio, BackendKind::Mio)),
         ),
         (
             "peregrine-io_uring",
             || peregrine_echo(BackendChoice::IoUring, BackendKind::IoUring),
-            || peregrine_ingress(BackendChoice::IoUring, BackendKind::IoUring),
+            Some(|| peregrine_ingress(BackendChoice::IoUring, BackendKind::IoUring)),
         ),
     ];
     // Rounds, each server in turn: on a shared, noisy machine, load that comes and goes
@@ -434,6 +489,7 @@ fn main() {
         .map(|(name, _, _)| Row {
             name,
             hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap(),
+            p50s: Vec::new(),
             ingress: 0.0,
         })
         .collect();
@@ -442,27 +498,45 @@ fn main() {
             let server = echo();
             let hist = echo_latency(server.addr(), &s);
             drop(server);
-            let server = ingress();
-            let rate = ingress_throughput(server.as_ref(), &s);
-            drop(server);
+            let rate = match ingress {
+                Some(make) => {
+                    let server = make();
+                    let rate = ingress_throughput(server.as_ref(), &s);
+                    drop(server);
+                    rate
+                }
+                None => 0.0,
+            };
             eprintln!(
                 "round {round} {name}: p50 {} µs, ingress {:.2} M frames/s",
                 us(hist.value_at_quantile(0.5)),
                 rate / 1e6
             );
             row.hist.add(&hist).unwrap();
+            row.p50s.push(hist.value_at_quantile(0.5));
             row.ingress += rate / s.rounds as f64;
         }
     }
     let base_p50 = rows[0].hist.value_at_quantile(0.5) as f64;
+    let base_median = rows[0].median_p50() as f64;
     let base_in = rows[0].ingress;
     println!();
-    println!("| server | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | p50 vs tokio | ingress frames/s | ingress vs tokio |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("Echo round trip at a fixed rate, from the intended send time (all rounds merged), and ingress throughput:");
+    println!();
+    println!("| server | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | p50 vs tokio | median of round p50s µs | vs tokio | ingress frames/s | ingress vs tokio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let h = &r.hist;
+        let (ingress, ratio) = if r.ingress > 0.0 {
+            (
+                format!("{:.0}", r.ingress),
+                format!("{:.2}x", r.ingress / base_in),
+            )
+        } else {
+            ("-".to_string(), "-".to_string())
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:.2}x | {:.0} | {:.2}x |",
+            "| {} | {} | {} | {} | {} | {} | {:.2}x | {} | {:.2}x | {} | {} |",
             r.name,
             us(h.value_at_quantile(0.5)),
             us(h.value_at_quantile(0.99)),
@@ -470,10 +544,13 @@ fn main() {
             us(h.value_at_quantile(0.9999)),
             us(h.max()),
             h.value_at_quantile(0.5) as f64 / base_p50,
-            r.ingress,
-            r.ingress / base_in
+            us(r.median_p50()),
+            r.median_p50() as f64 / base_median,
+            ingress,
+            ratio,
         );
     }
     println!();
     println!("Targets: echo p50 <= 0.8x tokio; ingress >= 1.5x tokio; io_uring >= mio.");
+    println!("tokio-pipeline hands each frame to a logic thread and back (the same two hops as peregrine); its ingress is tokio's.");
 }

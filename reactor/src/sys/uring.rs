@@ -55,6 +55,7 @@ struct Mapping {
 
 impl Mapping {
     fn new(len: usize) -> io::Result<Self> {
+        // Not `syscall!`: mmap reports failure as MAP_FAILED, a pointer, not -1.
         // SAFETY: an anonymous private mapping with no address hint; the result is checked.
         let ptr = unsafe {
             libc::mmap(
@@ -78,8 +79,10 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` describe a mapping made in `new` and not unmapped since.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        if self.len > 0 {
+            // SAFETY: `ptr`/`len` describe a mapping made in `new` and not unmapped since.
+            let _ = syscall!(munmap(self.ptr.cast(), self.len));
+        }
     }
 }
 

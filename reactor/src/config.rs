@@ -121,8 +121,8 @@ impl Default for Config {
             busy_poll: None,
             tick: Duration::from_millis(10),
             uring_entries: 1024,
-            uring_buffers: 1024,
-            uring_buffer_size: 4096,
+            uring_buffers: 256,
+            uring_buffer_size: 16 * 1024,
             pin: None,
             thread_name: "reactor".to_string(),
         }

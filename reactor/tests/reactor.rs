@@ -210,6 +210,31 @@ fn rate_limit(backend: BackendChoice) {
     handle.shutdown().unwrap();
 }
 
+fn client_that_does_not_read(backend: BackendChoice) {
+    // Regression: a connection paused because its responses piled up stayed paused when
+    // the flush after the pause emptied its queue.
+    let mut cfg = config(backend);
+    cfg.write_high_water = 64 * 1024;
+    let handle = echo_server(cfg, 64, None);
+    const FRAMES: usize = 12_000;
+    let payload = vec![5u8; 1000];
+    let mut writer_side = connect(&handle);
+    let mut reader_side = writer_side.try_clone().unwrap();
+    let one = frame(&payload);
+    let writer = std::thread::spawn(move || {
+        for _ in 0..FRAMES {
+            writer_side.write_all(&one).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..FRAMES {
+        assert_eq!(read_frame(&mut reader_side).unwrap(), payload, "frame {i}");
+    }
+    writer.join().unwrap();
+    assert_eq!(handle.stats().closed_total(), 0);
+    handle.shutdown().unwrap();
+}
+
 macro_rules! on_backend {
     ($name: ident, $choice: expr) => {
         mod $name {
@@ -241,6 +266,10 @@ macro_rules! on_backend {
             #[test]
             fn slow_client_times_out() {
                 super::slow_client_times_out($choice)
+            }
+            #[test]
+            fn client_that_does_not_read() {
+                super::client_that_does_not_read($choice)
             }
             #[test]
             fn rate_limit() {

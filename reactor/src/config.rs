@@ -9,8 +9,8 @@ pub const BACKEND_ENV: &str = "PEREGRINE_REACTOR_BACKEND";
 /// Which backend a loop asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
-    /// io_uring where the kernel allows it, else mio; the [`BACKEND_ENV`] variable
-    /// (`mio` or `io_uring`) overrides it.
+    /// io_uring where the kernel allows it, else mio. `PEREGRINE_REACTOR_BACKEND=mio`
+    /// ([`BACKEND_ENV`]) forces mio for every choice; `=io_uring` picks io_uring here.
     #[default]
     Auto,
     /// mio (epoll), always.
@@ -20,15 +20,14 @@ pub enum BackendChoice {
 }
 
 impl BackendChoice {
-    /// This choice with [`BACKEND_ENV`] applied (only `Auto` is overridden).
+    /// This choice with [`BACKEND_ENV`] applied: `mio` forces mio whatever was asked
+    /// (as a kernel that forbids io_uring would; a loop that wanted io_uring then reports
+    /// the fallback); `io_uring` turns `Auto` into `IoUring`.
     pub fn resolve_env(self) -> Self {
-        if self != BackendChoice::Auto {
-            return self;
-        }
         match std::env::var(BACKEND_ENV).as_deref() {
             Ok("mio") | Ok("epoll") => BackendChoice::Mio,
-            Ok("io_uring") | Ok("uring") => BackendChoice::IoUring,
-            _ => BackendChoice::Auto,
+            Ok("io_uring") | Ok("uring") if self == BackendChoice::Auto => BackendChoice::IoUring,
+            _ => self,
         }
     }
 }

@@ -129,6 +129,12 @@ impl<C: Codec> Reactor<C> {
         let waker_fd = waker.inner.fd.as_raw_fd();
         let mut fallback = None;
         let backend = match config.backend.resolve_env() {
+            BackendChoice::Mio if config.backend != BackendChoice::Mio => {
+                let why = format!("io_uring disabled by {}=mio", crate::BACKEND_ENV);
+                tracing::warn!("{why}; using mio");
+                fallback = Some(why);
+                None
+            }
             BackendChoice::Mio => None,
             BackendChoice::Auto | BackendChoice::IoUring => {
                 match Self::uring(&config, &listener, waker_fd) {

@@ -43,12 +43,26 @@ fn a_failing_io_uring_setup_falls_back_to_mio() {
 
 #[test]
 fn the_environment_forces_mio() {
-    // The only test in this binary that touches the environment.
+    // The only test in this binary that sets the environment (every other test here
+    // accepts either backend); it restores what it found.
+    let before = std::env::var(BACKEND_ENV).ok();
     std::env::set_var(BACKEND_ENV, "mio");
-    let reactor = Reactor::bind(config(BackendChoice::Auto)).unwrap();
-    std::env::remove_var(BACKEND_ENV);
-    assert_eq!(reactor.backend(), BackendKind::Mio);
-    assert_eq!(reactor.fallback_reason(), None);
+    let auto = Reactor::bind(config(BackendChoice::Auto)).unwrap();
+    let uring = Reactor::bind(config(BackendChoice::IoUring)).unwrap();
+    let mio = Reactor::bind(config(BackendChoice::Mio)).unwrap();
+    match before {
+        Some(v) => std::env::set_var(BACKEND_ENV, v),
+        None => std::env::remove_var(BACKEND_ENV),
+    }
+    for forced in [&auto, &uring] {
+        assert_eq!(forced.backend(), BackendKind::Mio);
+        let why = forced
+            .fallback_reason()
+            .expect("the forced fallback says why");
+        assert!(why.contains(BACKEND_ENV), "{why}");
+    }
+    assert_eq!(mio.backend(), BackendKind::Mio);
+    assert_eq!(mio.fallback_reason(), None);
 }
 
 #[test]

@@ -524,6 +524,10 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
     fn run(&mut self) -> Result<(), ReactorError> {
         tracing::debug!(backend = %self.backend.kind(), "event loop started");
         let mut next_tick = Instant::now() + self.config.tick;
+        if let Err(e) = self.backend.start() {
+            tracing::error!(error = %e, "cannot start the event loop's backend");
+            return Err(ReactorError::Backend(e));
+        }
         let mut result = Ok(());
         // Busy polling: after activity, poll without blocking until this instant.
         let mut spin_until: Option<Instant> = None;

@@ -118,6 +118,15 @@ impl Backend {
         }
     }
 
+    /// Prepares the backend on the loop's own thread, before the first wait.
+    pub(crate) fn start(&mut self) -> io::Result<()> {
+        match self {
+            Backend::Epoll(_) => Ok(()),
+            #[cfg(target_os = "linux")]
+            Backend::Uring(b) => b.start(),
+        }
+    }
+
     pub(crate) fn adopt(&mut self, idx: usize, stream: TcpStream) -> io::Result<()> {
         dispatch!(self, b => b.adopt(idx, stream))
     }

@@ -37,6 +37,14 @@ fn user_data(op: u64, idx: usize) -> u64 {
     ((idx as u64) << 8) | op
 }
 
+/// How completions reach the loop (newest kernels first; see `Uring::with_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Deferred,
+    Cooperative,
+    Plain,
+}
+
 /// io_uring settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct UringConfig {
@@ -193,6 +201,9 @@ pub(crate) struct Uring {
     wake_armed: bool,
     rearm: Vec<usize>,
     cqes: Vec<(u64, i32, u32)>,
+    mode: Mode,
+    /// `start` ran: the ring is enabled and owned by the loop's thread.
+    started: bool,
 }
 
 impl std::fmt::Debug for Uring {
@@ -200,6 +211,7 @@ impl std::fmt::Debug for Uring {
         f.debug_struct("Uring")
             .field("listener", &self.listener)
             .field("bufs", &self.bufs.count)
+            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
@@ -235,9 +247,49 @@ impl Uring {
                 ))
             }
         }
+        let mut last = None;
+        for mode in [Mode::Deferred, Mode::Cooperative, Mode::Plain] {
+            if mode == Mode::Deferred && config.sqpoll_idle.is_some() {
+                continue; // deferred task running excludes a kernel submission thread
+            }
+            match Self::with_mode(&listener, waker_fd, config, mode) {
+                Ok(uring) => return Ok(uring),
+                // An older kernel refuses a setup flag it does not know; try fewer.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one mode was tried"))
+    }
+
+    fn with_mode(
+        listener: &TcpListener,
+        waker_fd: RawFd,
+        config: UringConfig,
+        mode: Mode,
+    ) -> io::Result<Self> {
         let mut builder = IoUring::<squeue::Entry, cqueue::Entry>::builder();
         if let Some(idle) = config.sqpoll_idle {
             builder.setup_sqpoll(idle.as_millis().clamp(1, u32::MAX as u128) as u32);
+        }
+        match mode {
+            // Completions are posted only when the loop asks for them (it enters the
+            // kernel every turn anyway): no task-work interrupts while it runs. The ring
+            // belongs to the thread that enables it, so it starts disabled and the loop's
+            // thread enables it in `start`.
+            Mode::Deferred => {
+                builder
+                    .setup_r_disabled()
+                    .setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .setup_taskrun_flag();
+            }
+            // Completions do not interrupt the loop while it runs; the flag tells
+            // `submit` when work is pending.
+            Mode::Cooperative => {
+                builder.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            Mode::Plain => {}
         }
         let ring = builder.build(config.entries)?;
         if !ring.params().is_feature_ext_arg() {
@@ -254,9 +306,9 @@ impl Uring {
             ring.submitter()
                 .register_buf_ring_with_flags(bufs.base() as u64, count, BGID, 0)?;
         }
-        let mut uring = Self {
+        Ok(Self {
             ring,
-            listener,
+            listener: listener.try_clone()?,
             waker_fd,
             bufs,
             conns: Vec::new(),
@@ -264,11 +316,22 @@ impl Uring {
             wake_armed: false,
             rearm: Vec::new(),
             cqes: Vec::with_capacity(1024),
-        };
-        uring.arm_accept();
-        uring.arm_wake();
-        uring.ring.submit()?;
-        Ok(uring)
+            mode,
+            started: false,
+        })
+    }
+
+    /// Enables the ring for the calling thread (the loop's) and arms accept and the waker.
+    pub(crate) fn start(&mut self) -> io::Result<()> {
+        if self.mode == Mode::Deferred {
+            self.ring.submitter().register_enable_rings()?;
+        }
+        self.started = true;
+        self.arm_accept();
+        self.arm_wake();
+        self.ring.submit()?;
+        tracing::debug!(mode = ?self.mode, "io_uring started");
+        Ok(())
     }
 
     /// Queues `entry`, submitting first when the submission queue is full.
@@ -572,6 +635,9 @@ impl Drop for Uring {
     /// Shuts every connection down and waits (briefly) for every operation that refers to
     /// a buffer of ours to complete before the buffers are freed.
     fn drop(&mut self) {
+        if !self.started {
+            return; // nothing was ever submitted
+        }
         for idx in 0..self.conns.len() {
             self.close(idx);
         }
@@ -601,5 +667,39 @@ impl Drop for Uring {
                 },
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> UringConfig {
+        UringConfig {
+            entries: 64,
+            sqpoll_idle: None,
+            buf_count: 8,
+            buf_size: 4096,
+        }
+    }
+
+    #[test]
+    fn deferred_completions_where_the_kernel_has_them() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let waker = crate::sys::eventfd().unwrap();
+        match Uring::new(listener, waker, config()) {
+            Ok(mut uring) => {
+                // DEFER_TASKRUN arrived in 6.1.
+                if kernel_version().is_some_and(|v| v >= (6, 1)) {
+                    assert_eq!(uring.mode, Mode::Deferred);
+                }
+                uring.start().unwrap();
+                let mut events = Vec::new();
+                uring.wait(Duration::ZERO, &mut events).unwrap();
+            }
+            Err(e) => eprintln!("io_uring unavailable here: {e}"),
+        }
+        // SAFETY: `waker` is the eventfd made above, closed once.
+        let _ = syscall!(close(waker));
     }
 }

@@ -16,8 +16,6 @@
 //! the protocol under test (shutdown draining, the halt failure policy).
 #![cfg(loom)]
 
-use std::time::Duration;
-
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
@@ -327,6 +325,42 @@ fn close_racing_publish_drains_everything() {
     });
 }
 
+/// The stage-thread side of the close: a producer publishes three events into a two-slot
+/// ring with a stage thread (blocking strategy) and is dropped, the last producer, which
+/// closes the ring and joins the stage while it may still be draining.
+///
+/// Property: the drop returns only once the stage has handled all three events, in order
+/// (no hang, nothing lost at the close).
+///
+/// Breaks under `close_no_recheck` (the stage loop sees the close without a last look at
+/// the cursor and stops with published events unhandled).
+#[test]
+#[cfg_attr(peregrine_mutation = "close_no_recheck", should_panic)]
+fn last_producer_drop_drains_stage() {
+    check(2, || {
+        let handled = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&handled);
+        let mut b = single_producer(2, || 0u64)
+            .unwrap()
+            .wait_strategy(WaitStrategy::blocking());
+        b.stage("stage", move |e: &u64, s: u64, _: bool| {
+            // A panic here halts the ring; the count below then stays short.
+            assert_eq!(counter.load(Ordering::Relaxed), s, "events out of order");
+            assert_eq!(*e, value(s));
+            counter.store(s + 1, Ordering::Relaxed);
+        })
+        .add()
+        .unwrap();
+        let (mut producer, ring) = b.build().unwrap();
+        for s in 0..3 {
+            assert_eq!(producer.publish(|e| *e = value(s)), Ok(s));
+        }
+        drop(producer); // closes the ring and joins the stage thread
+        assert_eq!(handled.load(Ordering::Relaxed), 3);
+        assert_eq!(ring.failure(), None);
+    });
+}
+
 /// [`Ring::shutdown`](peregrine_ring::Ring::shutdown) from one thread while a producer on
 /// another publishes three events into a two-slot ring with a stage thread (blocking
 /// strategy).
@@ -339,6 +373,13 @@ fn close_racing_publish_drains_everything() {
 /// Breaks under `close_no_recheck` (the stage stops on the close without a last look and
 /// leaves acknowledged events unhandled) and `halt_ignored` (a producer waiting for room
 /// after the stage stopped is never released).
+///
+/// Built only with the `known-bugs` feature for now: `Ring::shutdown` waits for the stage
+/// threads with `std::thread::sleep` between loads of the running count, which under loom
+/// is a spin loop that never yields, so loom gives up ("exceeded maximum number of
+/// branches") before the stage can finish. It runs once that wait goes through the
+/// concurrency shim (`sync::sleep` yields under loom).
+#[cfg(feature = "known-bugs")]
 #[test]
 #[cfg_attr(
     any(
@@ -348,51 +389,80 @@ fn close_racing_publish_drains_everything() {
     should_panic
 )]
 fn shutdown_racing_publish_drains_and_releases() {
-    check(2, || {
-        let handled = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&handled);
-        let mut b = single_producer(2, || 0u64)
-            .unwrap()
-            .wait_strategy(WaitStrategy::blocking());
-        b.stage("stage", move |e: &u64, s: u64, _: bool| {
-            // A panic here halts the ring, which the shutdown reports as a failure.
-            assert_eq!(counter.load(Ordering::Relaxed), s, "events out of order");
-            assert_eq!(*e, value(s));
-            counter.store(s + 1, Ordering::Relaxed);
-        })
-        .add()
-        .unwrap();
-        let (mut producer, ring) = b.build().unwrap();
-        let acked = Arc::new(AtomicU64::new(0));
-        let acks = Arc::clone(&acked);
-        let t = thread::spawn(move || {
-            let mut halted = false;
-            for s in 0..3 {
-                match producer.publish(|e| *e = value(s)) {
-                    Ok(seq) => {
-                        assert!(!halted, "a publish succeeded after one was refused");
-                        assert_eq!(seq, s);
-                        acks.store(s + 1, Ordering::SeqCst);
-                    }
-                    Err(PublishError::Halted) => halted = true,
-                    Err(e) => panic!("unexpected {e:?}"),
+    // The producer outlives the shutdown: see `shutdown_racing_last_producer_drop` for
+    // the case where it does not.
+    check(2, || shutdown_racing_publish(false));
+}
+
+/// As `shutdown_racing_publish_drains_and_releases`, but the producer thread drops the last
+/// producer (which closes the ring and joins the stage threads) while `Ring::shutdown`
+/// runs, as a service that stops its input and its ring at the same time would.
+///
+/// Property: the same; in particular `shutdown` returns `Ok` only once the stage has
+/// drained every acknowledged event.
+///
+/// This model found that `shutdown` returned `Ok` while the stage still had acknowledged
+/// events to handle: the joining producer had taken the stage handles out of
+/// `Core::threads`, so `shutdown` saw no thread left and halted at once. Built only with
+/// the `known-bugs` feature, for the reason given on the model above; besides, the
+/// `Core::joining` lock that now serialises joiners is a `std` mutex, invisible to loom.
+#[cfg(feature = "known-bugs")]
+#[test]
+fn shutdown_racing_last_producer_drop() {
+    check(2, || shutdown_racing_publish(true));
+}
+
+#[cfg(feature = "known-bugs")]
+/// The scenario of the two shutdown models; `drop_in_thread` drops the last producer on
+/// its thread, racing with the shutdown, instead of after it.
+fn shutdown_racing_publish(drop_in_thread: bool) {
+    let handled = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&handled);
+    let mut b = single_producer(2, || 0u64)
+        .unwrap()
+        .wait_strategy(WaitStrategy::blocking());
+    b.stage("stage", move |e: &u64, s: u64, _: bool| {
+        // A panic here halts the ring, which the shutdown reports as a failure.
+        assert_eq!(counter.load(Ordering::Relaxed), s, "events out of order");
+        assert_eq!(*e, value(s));
+        counter.store(s + 1, Ordering::Relaxed);
+    })
+    .add()
+    .unwrap();
+    let (mut producer, ring) = b.build().unwrap();
+    let acked = Arc::new(AtomicU64::new(0));
+    let acks = Arc::clone(&acked);
+    let t = thread::spawn(move || {
+        let mut refused = false;
+        for s in 0..3 {
+            match producer.publish(|e| *e = value(s)) {
+                Ok(seq) => {
+                    assert!(!refused, "a publish succeeded after one was refused");
+                    assert_eq!(seq, s);
+                    acks.store(s + 1, Ordering::SeqCst);
                 }
+                // Refused once the shutdown has begun (closed), or ended (halted).
+                Err(PublishError::Closed | PublishError::Halted) => refused = true,
+                Err(e) => panic!("unexpected {e:?}"),
             }
-            // Dropped after the shutdown: the last producer's drop also joins the stage
-            // threads, which `known_bugs.rs` races with the shutdown on purpose.
-            producer
-        });
-        let acked_before = acked.load(Ordering::SeqCst);
-        assert_eq!(ring.shutdown(Duration::from_secs(3600)), Ok(()));
-        // The stage thread is joined: its last store is visible.
-        let done = handled.load(Ordering::Relaxed);
-        assert!(
-            done >= acked_before,
-            "{acked_before} events acknowledged before the shutdown, {done} handled"
-        );
-        drop(t.join().unwrap());
-        assert!(done <= acked.load(Ordering::SeqCst));
+        }
+        if drop_in_thread {
+            drop(producer);
+            None
+        } else {
+            Some(producer)
+        }
     });
+    let acked_before = acked.load(Ordering::SeqCst);
+    assert_eq!(ring.shutdown(std::time::Duration::from_secs(3600)), Ok(()));
+    // The stage thread is joined: its last store is visible.
+    let done = handled.load(Ordering::Relaxed);
+    assert!(
+        done >= acked_before,
+        "{acked_before} events acknowledged before the shutdown, {done} handled"
+    );
+    drop(t.join().unwrap());
+    assert!(done <= acked.load(Ordering::SeqCst));
 }
 
 /// [`Ring::halt`](peregrine_ring::Ring::halt) while the producer is blocked on a full
@@ -429,16 +499,11 @@ fn halt_releases_blocked_producer() {
                 .all(|r| *r == Err(PublishError::Halted)),
             "after the first refusal every publish is refused: {results:?}"
         );
-        // A poller still hands out what was published before the halt, then stops.
-        let mut handled = 0;
-        let end = loop {
-            match poller.poll(|_, _, _| {}) {
-                PollState::Events(n) => handled += n,
-                other => break other,
-            }
-        };
-        assert_eq!(end, PollState::Halted);
-        assert_eq!(handled, ok as u64);
+        // A halted ring hands out nothing more, even what was published before the halt.
+        assert_eq!(
+            poller.poll(|_, s, _| panic!("sequence {s} handed out after the halt")),
+            PollState::Halted
+        );
     });
 }
 

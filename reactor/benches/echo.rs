@@ -92,6 +92,8 @@ fn peregrine_config(backend: BackendChoice) -> Config {
     Config {
         backend,
         busy_poll: busy_poll(),
+        // Slots sized for the bench's small frames (each slot preallocates this much).
+        max_frame: 256,
         idle_timeout: None,
         ..Config::with_addr("127.0.0.1:0".parse().unwrap())
     }

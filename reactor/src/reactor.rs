@@ -905,6 +905,14 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
                             break;
                         }
                     }
+                    ReadOutcome::Drained(n) => {
+                        conn.last_rx = Instant::now();
+                        conn.readable = false;
+                        Stats::add(&self.stats.bytes_in, n as u64);
+                        self.decode(idx);
+                        more = false;
+                        break;
+                    }
                     ReadOutcome::WouldBlock => {
                         conn.readable = false;
                         more = false;

@@ -24,6 +24,8 @@ const WAKER: Token = Token(usize::MAX - 1);
 struct Conn {
     stream: TcpStream,
     reading: bool,
+    /// The peer's end of stream (or an error) was reported: read until `read` says so.
+    hup: bool,
 }
 
 /// The mio (epoll) backend.
@@ -72,6 +74,7 @@ impl Epoll {
         self.conns[idx] = Some(Conn {
             stream,
             reading: true,
+            hup: false,
         });
         Ok(())
     }
@@ -96,7 +99,13 @@ impl Epoll {
             Ok(n) => {
                 // SAFETY: read(2) initialised `n <= spare` bytes after `len`.
                 unsafe { into.set_len(len + n as usize) };
-                ReadOutcome::Data(n as usize)
+                // A short read emptied the socket: edge-triggered readiness reports the
+                // next bytes, so there is no need to read again until then.
+                if (n as usize) < spare && !conn.hup {
+                    ReadOutcome::Drained(n as usize)
+                } else {
+                    ReadOutcome::Data(n as usize)
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadOutcome::Data(0),
@@ -200,7 +209,8 @@ impl Epoll {
                         events.push(Event::Sent(idx));
                     }
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                        if let Some(conn) = self.conns.get(idx).and_then(Option::as_ref) {
+                        if let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) {
+                            conn.hup |= ev.is_read_closed() || ev.is_error();
                             if conn.reading {
                                 events.push(Event::Readable(idx));
                             }

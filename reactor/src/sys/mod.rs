@@ -81,8 +81,10 @@ pub(crate) enum Event {
 /// The outcome of one [`Backend::read`].
 #[derive(Debug)]
 pub(crate) enum ReadOutcome {
-    /// This many bytes were appended.
+    /// This many bytes were appended; there may be more.
     Data(usize),
+    /// This many bytes were appended and the socket had no more.
+    Drained(usize),
     /// Nothing more now.
     WouldBlock,
     /// End of stream.

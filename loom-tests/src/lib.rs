@@ -27,7 +27,7 @@ compile_error!(
 );
 
 #[cfg(loom)]
-pub use model::{check, drain};
+pub use model::{check, drain, Hold};
 
 #[cfg(loom)]
 mod model {
@@ -68,6 +68,55 @@ mod model {
             start.elapsed(),
             builder.preemption_bound.unwrap_or(preemptions),
         );
+    }
+
+    /// Owns a value for a model and drops it normally, except while the thread unwinds.
+    ///
+    /// When loom finds a deadlock it panics with no thread active, then unwinds every
+    /// model thread; dropping a ring, producer or loom `Arc` then calls into loom, which
+    /// panics again and aborts the process, so a model that is *expected* to deadlock (in
+    /// a mutation test) would crash instead of failing. Models hold such values in a
+    /// `Hold`, which leaks them during unwinding instead.
+    #[derive(Debug)]
+    pub struct Hold<T>(Option<T>);
+
+    impl<T> Hold<T> {
+        /// Holds `value`.
+        pub fn new(value: T) -> Self {
+            Self(Some(value))
+        }
+
+        /// Gives the value back (to be dropped normally).
+        pub fn into_inner(mut self) -> T {
+            self.0
+                .take()
+                .expect("a Hold always holds a value until into_inner")
+        }
+    }
+
+    impl<T> std::ops::Deref for Hold<T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            self.0
+                .as_ref()
+                .expect("a Hold always holds a value until into_inner")
+        }
+    }
+
+    impl<T> std::ops::DerefMut for Hold<T> {
+        fn deref_mut(&mut self) -> &mut T {
+            self.0
+                .as_mut()
+                .expect("a Hold always holds a value until into_inner")
+        }
+    }
+
+    impl<T> Drop for Hold<T> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                std::mem::forget(self.0.take());
+            }
+        }
     }
 
     /// Polls `poller` with [`Poller::poll_wait`] (so it waits by the ring's strategy:

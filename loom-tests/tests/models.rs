@@ -19,7 +19,7 @@
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use peregrine_loom_tests::{check, drain};
+use peregrine_loom_tests::{check, drain, Hold};
 use peregrine_ring::{
     multi_producer, single_producer, Notifier, PollState, PublishError, WaitStrategy,
 };
@@ -234,9 +234,12 @@ fn gated_stage_never_overtakes_its_dependency() {
 #[cfg_attr(peregrine_mutation = "notifier_no_fence", should_panic)]
 fn blocking_notifier_loses_no_wakeup() {
     check(3, || {
-        let notifier = Arc::new(Notifier::new());
-        let flag = Arc::new(AtomicU64::new(0));
-        let (n, f) = (Arc::clone(&notifier), Arc::clone(&flag));
+        let notifier = Hold::new(Arc::new(Notifier::new()));
+        let flag = Hold::new(Arc::new(AtomicU64::new(0)));
+        let (n, f) = (
+            Hold::new(Arc::clone(&notifier)),
+            Hold::new(Arc::clone(&flag)),
+        );
         let t = thread::spawn(move || {
             // Relaxed, like a sequence the waiter polls: the fence in `signal` is what
             // must order it before the waiter-count load.
@@ -271,8 +274,9 @@ fn blocking_ring_loses_no_wakeup() {
             .unwrap()
             .wait_strategy(WaitStrategy::blocking());
         let id = b.poller("consumer").add().unwrap();
-        let (mut producer, mut ring) = b.build().unwrap();
-        let mut poller = ring.take_poller(id).unwrap();
+        let (producer, ring) = b.build().unwrap();
+        let (mut producer, mut ring) = (Hold::new(producer), Hold::new(ring));
+        let mut poller = Hold::new(ring.take_poller(id).unwrap());
         let t = thread::spawn(move || {
             for s in 0..3 {
                 producer.publish(|e| *e = value(s)).unwrap();
@@ -482,8 +486,9 @@ fn halt_releases_blocked_producer() {
             .unwrap()
             .wait_strategy(WaitStrategy::blocking());
         let id = b.poller("consumer").add().unwrap();
-        let (mut producer, mut ring) = b.build().unwrap();
-        let mut poller = ring.take_poller(id).unwrap();
+        let (producer, ring) = b.build().unwrap();
+        let (mut producer, mut ring) = (Hold::new(producer), Hold::new(ring));
+        let mut poller = Hold::new(ring.take_poller(id).unwrap());
         let t = thread::spawn(move || {
             (0..3)
                 .map(|s| producer.publish(|e| *e = value(s)))
@@ -526,7 +531,8 @@ fn failure_policy_halt_releases_blocked_producer() {
         b.try_stage("fails", |_: &u64, _: u64, _: bool| Err("refused"))
             .add()
             .unwrap();
-        let (mut producer, ring) = b.build().unwrap();
+        let (producer, ring) = b.build().unwrap();
+        let (mut producer, ring) = (Hold::new(producer), Hold::new(ring));
         let results: Vec<_> = (0..3)
             .map(|s| producer.publish(|e| *e = value(s)))
             .collect();
@@ -541,6 +547,6 @@ fn failure_policy_halt_releases_blocked_producer() {
         assert!(ring.is_halted());
         let (stage, _) = ring.failure().expect("the failure is recorded");
         assert_eq!(stage, "fails");
-        drop(producer); // joins the stage thread
+        drop(producer.into_inner()); // joins the stage thread
     });
 }

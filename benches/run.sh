@@ -159,10 +159,13 @@ w("`cargo bench -p peregrine-benches --bench latency`: HDR histograms, nanosecon
   "is two threads passing the value through one cache line per direction. Ping-pong times "
   "the round trip over two links; one-way sends on a fixed schedule and times each message "
   "from its intended send time (no coordinated omission), so any stall of either thread "
-  "shows in the tail. *÷ floor* is the percentile over the floor's.")
+  "shows in the tail. *÷ floor* is the percentile over the floor's. The floor is a mailbox, "
+  "not a queue: in the one-way run a value it overwrites while the receiver is descheduled "
+  "is never recorded, so its tail (and sample count) is flattering.")
 if machine:
     m = machine[0]
-    w(f" Threads pinned to cores {m[2]}; `Instant::now()` costs {m[3]} ns and is included once (one-way) or once per round trip.")
+    w(f"The two threads are pinned to cores {m[2]}; `Instant::now()` costs {m[3]} ns here and is "
+      "included once per sample.")
 w("")
 titles = {"ping-pong": "Ping-pong round trip", "one-way": "One-way at a fixed rate"}
 floor_name = "floor (cache line)"

@@ -160,7 +160,7 @@ fn main() {
     let mut c = if quick {
         Criterion::default()
             .warm_up_time(Duration::from_millis(200))
-            .measurement_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_millis(300))
             .sample_size(10)
             .nresamples(10_000)
     } else {

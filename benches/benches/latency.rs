@@ -292,7 +292,12 @@ fn main() {
         Some((a, b)) => format!("{a} and {b}"),
         None => "one shared core".to_owned(),
     };
-    emit(&["latency-machine", &allowed.len().to_string(), &placement, &timer.to_string()]);
+    emit(&[
+        "latency-machine",
+        &allowed.len().to_string(),
+        &placement,
+        &timer.to_string(),
+    ]);
     if pair.is_none() {
         println!("only one allowed core: both threads share it, figures include context switches");
     }

@@ -9,7 +9,9 @@
 //!    ([`Backend::adopt`], giving it a connection index) or drops it (which closes it).
 //! 2. **Receive.** For an adopted connection whose reading is enabled, bytes are reported
 //!    in order, either as [`Event::Readable`] (readiness: the loop then calls
-//!    [`Backend::read`] until it would block) or as [`Event::Received`] (completion: the
+//!    [`Backend::read`] until it would block or reports [`ReadOutcome::Drained`]: a short
+//!    read with no end of stream pending, after which the next bytes raise a new
+//!    `Readable`) or as [`Event::Received`] (completion: the
 //!    bytes sit in a provided buffer that the loop copies with [`Backend::received`], which
 //!    hands the buffer back to the kernel). End of stream is [`Event::Eof`]; a socket error
 //!    is [`Event::Failed`]. Nothing is reported for an index after it is released.

@@ -8,6 +8,10 @@
 //!   connection; the bytes move into an in-flight buffer the kernel reads from.
 //! - Submission is batched: entries are queued during a loop turn and submitted by the one
 //!   `io_uring_enter` that also waits for completions. SQPOLL is optional.
+//! - Completions are posted when the loop asks for them (`DEFER_TASKRUN` on a
+//!   single-issuer ring that the loop's thread enables, Linux 6.1+), so the kernel never
+//!   interrupts the loop with task work; older kernels get cooperative task running
+//!   (5.19+) or the plain mode. With SQPOLL the cooperative mode is used.
 //!
 //! Pausing a connection cancels its receive; bytes already in flight still complete and
 //! the loop buffers them. Closing shuts the socket down, waits for every operation that

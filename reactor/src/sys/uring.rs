@@ -37,6 +37,9 @@ const OP_RECV: u64 = 3;
 const OP_SEND: u64 = 4;
 const OP_CANCEL: u64 = 5;
 
+/// How long to wait before accepting again after an accept failed.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
 fn user_data(op: u64, idx: usize) -> u64 {
     ((idx as u64) << 8) | op
 }
@@ -206,6 +209,8 @@ pub(crate) struct Uring {
     rearm: Vec<usize>,
     cqes: Vec<(u64, i32, u32)>,
     mode: Mode,
+    /// After a failed accept, when to accept again.
+    accept_after: Option<std::time::Instant>,
     /// `start` ran: the ring is enabled and owned by the loop's thread.
     started: bool,
 }
@@ -295,6 +300,8 @@ impl Uring {
             }
             Mode::Plain => {}
         }
+        // Room for a burst of completions from every connection between two reaps.
+        builder.setup_cqsize(config.entries.saturating_mul(4));
         let ring = builder.build(config.entries)?;
         if !ring.params().is_feature_ext_arg() {
             return Err(io::Error::new(
@@ -321,6 +328,7 @@ impl Uring {
             rearm: Vec::new(),
             cqes: Vec::with_capacity(1024),
             mode,
+            accept_after: None,
             started: false,
         })
     }
@@ -515,6 +523,8 @@ impl Uring {
                 } else {
                     let e = io::Error::from_raw_os_error(-res);
                     tracing::warn!(error = %e, "io_uring accept failed");
+                    // Out of fds or memory: do not re-arm into the same failure at once.
+                    self.accept_after = Some(std::time::Instant::now() + ACCEPT_RETRY);
                 }
                 if !more {
                     self.accept_armed = false;
@@ -598,7 +608,12 @@ impl Uring {
         for idx in std::mem::take(&mut self.rearm) {
             self.arm_recv(idx);
         }
-        if !self.accept_armed {
+        let accept_due = match self.accept_after {
+            Some(t) => std::time::Instant::now() >= t,
+            None => true,
+        };
+        if !self.accept_armed && accept_due {
+            self.accept_after = None;
             self.arm_accept();
         }
         if !self.wake_armed {

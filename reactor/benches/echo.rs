@@ -79,19 +79,14 @@ impl Drop for Peregrine {
     }
 }
 
-/// The loop's busy-poll budget: `PEREGRINE_BENCH_BUSY_POLL_US` (default 0: none).
-fn busy_poll() -> Option<Duration> {
-    std::env::var("PEREGRINE_BENCH_BUSY_POLL_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&us| us > 0)
-        .map(Duration::from_micros)
-}
+/// The busy-poll budget of the `+busy-poll` rows: the loop keeps polling this long
+/// after activity instead of sleeping (costs CPU; see `Config::busy_poll`).
+const BUSY_POLL: Duration = Duration::from_micros(20);
 
-fn peregrine_config(backend: BackendChoice) -> Config {
+fn peregrine_config(backend: BackendChoice, busy_poll: Option<Duration>) -> Config {
     Config {
         backend,
-        busy_poll: busy_poll(),
+        busy_poll,
         // Slots sized for the bench's small frames (each slot preallocates this much).
         max_frame: 256,
         idle_timeout: None,
@@ -109,8 +104,12 @@ fn check_backend(handle: &ReactorHandle, want: BackendKind) {
     }
 }
 
-fn peregrine_echo(backend: BackendChoice, want: BackendKind) -> Box<dyn Server> {
-    let config = peregrine_config(backend);
+fn peregrine_echo(
+    backend: BackendChoice,
+    want: BackendKind,
+    busy_poll: Option<Duration>,
+) -> Box<dyn Server> {
+    let config = peregrine_config(backend, busy_poll);
     let max = config.max_frame;
     let reactor = Reactor::bind(config).unwrap();
     let mut out = single_producer(RING, move || Frame::with_capacity(max))
@@ -139,7 +138,7 @@ fn peregrine_echo(backend: BackendChoice, want: BackendKind) -> Box<dyn Server> 
 }
 
 fn peregrine_ingress(backend: BackendChoice, want: BackendKind) -> Box<dyn Server> {
-    let config = peregrine_config(backend);
+    let config = peregrine_config(backend, None);
     let max = config.max_frame;
     let reactor = Reactor::bind(config).unwrap();
     let consumed = Arc::new(AtomicU64::new(0));
@@ -466,7 +465,7 @@ fn main() {
         s.throughput_secs
     );
     type Make = fn() -> Box<dyn Server>;
-    let servers: [(&'static str, Make, Option<Make>); 4] = [
+    let servers: [(&'static str, Make, Option<Make>); 6] = [
         (
             "tokio",
             || tokio_server(TokioMode::Echo),
@@ -475,13 +474,29 @@ fn main() {
         ("tokio-pipeline", || tokio_server(TokioMode::Pipeline), None),
         (
             "peregrine-mio",
-            || peregrine_echo(BackendChoice::Mio, BackendKind::Mio),
+            || peregrine_echo(BackendChoice::Mio, BackendKind::Mio, None),
             Some(|| peregrine_ingress(BackendChoice::Mio, BackendKind::Mio)),
         ),
         (
             "peregrine-io_uring",
-            || peregrine_echo(BackendChoice::IoUring, BackendKind::IoUring),
+            || peregrine_echo(BackendChoice::IoUring, BackendKind::IoUring, None),
             Some(|| peregrine_ingress(BackendChoice::IoUring, BackendKind::IoUring)),
+        ),
+        (
+            "peregrine-mio+busy-poll",
+            || peregrine_echo(BackendChoice::Mio, BackendKind::Mio, Some(BUSY_POLL)),
+            None,
+        ),
+        (
+            "peregrine-io_uring+busy-poll",
+            || {
+                peregrine_echo(
+                    BackendChoice::IoUring,
+                    BackendKind::IoUring,
+                    Some(BUSY_POLL),
+                )
+            },
+            None,
         ),
     ];
     // Rounds, each server in turn: on a shared, noisy machine, load that comes and goes
@@ -555,4 +570,5 @@ fn main() {
     println!();
     println!("Targets: echo p50 <= 0.8x tokio; ingress >= 1.5x tokio; io_uring >= mio.");
     println!("tokio-pipeline hands each frame to a logic thread and back (the same two hops as peregrine); its ingress is tokio's.");
+    println!("+busy-poll: the loop polls for {} µs after activity before sleeping (Config::busy_poll); echo only.", BUSY_POLL.as_micros());
 }

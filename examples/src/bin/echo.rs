@@ -10,6 +10,9 @@
 //! The backend is io_uring where the kernel allows it, else mio (`--backend mio` or
 //! `PEREGRINE_REACTOR_BACKEND=mio` forces mio).
 
+#![deny(unsafe_op_in_unsafe_fn, missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks, missing_debug_implementations)]
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 

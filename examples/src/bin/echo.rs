@@ -78,6 +78,11 @@ fn main() -> ExitCode {
     }
     if selftest {
         let code = run_check(handle.local_addr());
+        // The clients have hung up; give the loop a moment to count their closes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while handle.stats().open > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let stats = handle.stats();
         println!(
             "echo: {} frames in, {} out, {} connections closed",

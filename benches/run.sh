@@ -29,6 +29,7 @@ trap 'rm -rf "$work"' EXIT
 export PEREGRINE_BENCH_OUT="$work/results.tsv"
 export CRITERION_HOME="$work/criterion"
 : >"$PEREGRINE_BENCH_OUT"
+printf 'load-start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$PEREGRINE_BENCH_OUT"
 
 bench() {
     local name="$1"
@@ -86,13 +87,24 @@ w(f"| CPU | {cpu_model()} |")
 w(f"| cores | {os.cpu_count()} online, {len(os.sched_getaffinity(0))} allowed |")
 w(f"| kernel | {platform.system()} {sh('uname', '-r')} |")
 w(f"| rustc | {sh('rustc', '--version')} |")
-w(f"| load average at the end | {' '.join(open('/proc/loadavg').read().split()[:3])} |")
+load_start = next((l[1] for l in lines if l[0] == "load-start"), "?")
+load_end = " ".join(open("/proc/loadavg").read().split()[:3])
+w(f"| load average (1, 5, 15 min) | {load_start} at the start, {load_end} at the end |")
 times = {l[1]: l[2] for l in lines if l[0] == "bench-time"}
 failed = [l[1] for l in lines if l[0] == "bench-failed"]
 w(f"| bench times | {', '.join(f'{k} {v} s' for k, v in times.items())} |")
 if failed:
     w(f"| FAILED | {', '.join(failed)} |")
 w("")
+allowed = len(os.sched_getaffinity(0))
+peak = max(float(x) for x in (load_start.split() + load_end.split()) if x.replace(".", "", 1).isdigit())
+if peak > allowed / 2:
+    w(f"**This machine was shared while the suite ran** (load average up to {peak:.1f} on "
+      f"{allowed} allowed cores). Busy-spinning pairs then lose their cores to other processes "
+      "for whole scheduler slices, which shows as throughput collapses and millisecond tails; "
+      "ratios between peers can move by several times from one run to the next. Read the "
+      "figures as one sample; rerun on an idle machine with at least one core per spinning "
+      "thread before drawing conclusions.\n")
 
 # ---------------------------------------------------------------- throughput
 def estimate(group, peer):

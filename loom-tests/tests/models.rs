@@ -383,8 +383,8 @@ fn last_producer_drop_drains_stage() {
 /// Built only with the `known-bugs` feature for now: `Ring::shutdown` waits for the stage
 /// threads with `std::thread::sleep` between loads of the running count, which under loom
 /// is a spin loop that never yields, so loom gives up ("exceeded maximum number of
-/// branches") before the stage can finish. It runs once that wait goes through the
-/// concurrency shim (`sync::sleep` yields under loom).
+/// branches") before the stage can finish. With that wait going through the concurrency
+/// shim (`sync::sleep`, which yields under loom) the model passes.
 #[cfg(feature = "known-bugs")]
 #[test]
 #[cfg_attr(
@@ -409,9 +409,14 @@ fn shutdown_racing_publish_drains_and_releases() {
 ///
 /// This model found that `shutdown` returned `Ok` while the stage still had acknowledged
 /// events to handle: the joining producer had taken the stage handles out of
-/// `Core::threads`, so `shutdown` saw no thread left and halted at once. Built only with
-/// the `known-bugs` feature, for the reason given on the model above; besides, the
-/// `Core::joining` lock that now serialises joiners is a `std` mutex, invisible to loom.
+/// `Core::threads`, so `shutdown` saw no thread left and halted at once.
+///
+/// Built only with the `known-bugs` feature, for the reason given on the model above and
+/// one more: `Core::joining`, the lock that now serialises joiners, is a `std` mutex held
+/// across a join. Under loom every model thread runs on one OS thread, so when the
+/// producer's drop blocks on that lock while `shutdown` holds it, the whole test process
+/// hangs (it does today). With both waits going through the shim (a loom mutex under
+/// loom) the model passes.
 #[cfg(feature = "known-bugs")]
 #[test]
 fn shutdown_racing_last_producer_drop() {

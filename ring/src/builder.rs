@@ -407,7 +407,7 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
             }),
             producers: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
-            joining: Mutex::new(()),
+            joining: crate::sync::ModelMutex::new(()),
             stages: members
                 .iter()
                 .flatten()
@@ -751,7 +751,7 @@ impl<E: Send + Sync + 'static, S: Sequencer> Ring<E, S> {
                 // moment, then report whoever is still stuck.
                 let grace = Instant::now() + Duration::from_millis(10);
                 while self.core.running.load(Ordering::Acquire) != 0 && Instant::now() < grace {
-                    std::thread::sleep(Duration::from_millis(1));
+                    crate::sync::sleep(Duration::from_millis(1));
                 }
                 let still = self.core.running_stages();
                 let left = self
@@ -763,7 +763,8 @@ impl<E: Send + Sync + 'static, S: Sequencer> Ring<E, S> {
                 self.core.detach_threads();
                 return Err(ShutdownError::Timeout { left });
             }
-            std::thread::sleep(Duration::from_millis(1));
+            // Through the shim: under loom this yields to the stages it waits for.
+            crate::sync::sleep(Duration::from_millis(1));
         }
         self.core.join_threads();
         self.core.halt();

@@ -59,7 +59,7 @@ pub(crate) struct Core<E, S> {
     pub(crate) running: AtomicUsize,
     /// Serialises joiners, so a second joiner never mistakes a list taken by the first
     /// for threads that have finished.
-    pub(crate) joining: Mutex<()>,
+    pub(crate) joining: crate::sync::ModelMutex<()>,
     pub(crate) stages: Box<[StageInfo]>,
     /// Cold bookkeeping (not part of any lock-free protocol).
     pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
@@ -154,7 +154,7 @@ impl<E, S: Sequencer> Core<E, S> {
     /// Joins every stage thread (except the caller's own). Joiners are serialised: when
     /// this returns, every thread it did not skip has finished.
     pub(crate) fn join_threads(&self) {
-        let _one_at_a_time = lock(&self.joining);
+        let _one_at_a_time = self.joining.lock().unwrap_or_else(|p| p.into_inner());
         let me = crate::sync::thread::current().id();
         let taken: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads));
         let mut mine = Vec::new();

@@ -21,6 +21,13 @@ pub(crate) use loom::sync::Arc;
 #[cfg(not(loom))]
 pub(crate) use std::sync::Arc;
 
+/// A mutex that may be held while the holder blocks on another model thread (joining), so
+/// loom must see it; cold bookkeeping that is never held across a wait uses `std` directly.
+#[cfg(loom)]
+pub(crate) use loom::sync::Mutex as ModelMutex;
+#[cfg(not(loom))]
+pub(crate) use std::sync::Mutex as ModelMutex;
+
 pub(crate) use crossbeam_utils::CachePadded;
 
 /// A hint that the caller is spinning; under loom it yields so the model checker can

@@ -469,7 +469,8 @@ impl Command {
 }
 
 /// The simplest matcher that could be right: a flat list of resting orders, searched in
-/// full for each match. Tests compare [`Exchange`] against it.
+/// full for each match. Tests compare [`Exchange`] against it, so it shares no code with
+/// it (its reject rules are written out again on purpose).
 #[derive(Debug, Clone)]
 pub struct ReferenceMatcher {
     instruments: u32,

@@ -36,23 +36,30 @@ pub(crate) trait Invoke<E>: Send + 'static {
     ) -> Result<(), BoxError>;
 }
 
+/// The lifecycle hooks are the same for every kind of handler: forward them.
+macro_rules! forward_hooks {
+    () => {
+        fn start(&mut self) {
+            self.0.on_start()
+        }
+        fn shutdown(&mut self) {
+            self.0.on_shutdown()
+        }
+        fn timeout(&mut self, sequence: u64) {
+            self.0.on_timeout(sequence)
+        }
+        #[inline(always)]
+        fn batch_start(&mut self, size: u64, depth: u64) {
+            self.0.on_batch_start(size, depth)
+        }
+    };
+}
+
 /// An [`EventHandler`] reading the event through `&E`.
 pub(crate) struct Plain<H>(pub(crate) H);
 
 impl<E, H: EventHandler<E>> Invoke<E> for Plain<H> {
-    fn start(&mut self) {
-        self.0.on_start()
-    }
-    fn shutdown(&mut self) {
-        self.0.on_shutdown()
-    }
-    fn timeout(&mut self, sequence: u64) {
-        self.0.on_timeout(sequence)
-    }
-    #[inline(always)]
-    fn batch_start(&mut self, size: u64, depth: u64) {
-        self.0.on_batch_start(size, depth)
-    }
+    forward_hooks!();
     #[inline(always)]
     unsafe fn event(&mut self, slots: &Slots<E>, s: u64, eob: bool) -> Result<(), BoxError> {
         // SAFETY: the caller guarantees `s` is published and still held by this stage.
@@ -65,19 +72,7 @@ impl<E, H: EventHandler<E>> Invoke<E> for Plain<H> {
 pub(crate) struct Shared<H>(pub(crate) H);
 
 impl<E, H: TryEventHandler<E>> Invoke<E> for Shared<H> {
-    fn start(&mut self) {
-        self.0.on_start()
-    }
-    fn shutdown(&mut self) {
-        self.0.on_shutdown()
-    }
-    fn timeout(&mut self, sequence: u64) {
-        self.0.on_timeout(sequence)
-    }
-    #[inline(always)]
-    fn batch_start(&mut self, size: u64, depth: u64) {
-        self.0.on_batch_start(size, depth)
-    }
+    forward_hooks!();
     #[inline(always)]
     unsafe fn event(&mut self, slots: &Slots<E>, s: u64, eob: bool) -> Result<(), BoxError> {
         // SAFETY: the caller guarantees `s` is published and still held by this stage.
@@ -89,19 +84,7 @@ impl<E, H: TryEventHandler<E>> Invoke<E> for Shared<H> {
 pub(crate) struct Exclusive<H>(pub(crate) H);
 
 impl<E, H: ExclusiveHandler<E>> Invoke<E> for Exclusive<H> {
-    fn start(&mut self) {
-        self.0.on_start()
-    }
-    fn shutdown(&mut self) {
-        self.0.on_shutdown()
-    }
-    fn timeout(&mut self, sequence: u64) {
-        self.0.on_timeout(sequence)
-    }
-    #[inline(always)]
-    fn batch_start(&mut self, size: u64, depth: u64) {
-        self.0.on_batch_start(size, depth)
-    }
+    forward_hooks!();
     #[inline(always)]
     unsafe fn event(&mut self, slots: &Slots<E>, s: u64, eob: bool) -> Result<(), BoxError> {
         // SAFETY: the caller guarantees `s` is published, held by this stage, and that no

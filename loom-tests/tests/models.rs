@@ -380,12 +380,8 @@ fn last_producer_drop_drains_stage() {
 /// leaves acknowledged events unhandled) and `halt_ignored` (a producer waiting for room
 /// after the stage stopped is never released).
 ///
-/// Built only with the `known-bugs` feature for now: `Ring::shutdown` waits for the stage
-/// threads with `std::thread::sleep` between loads of the running count, which under loom
-/// is a spin loop that never yields, so loom gives up ("exceeded maximum number of
-/// branches") before the stage can finish. With that wait going through the concurrency
-/// shim (`sync::sleep`, which yields under loom) the model passes.
-#[cfg(feature = "known-bugs")]
+/// `Ring::shutdown` waits for the stage threads through the concurrency shim (a yielding
+/// sleep under loom), which is what lets loom model it.
 #[test]
 #[cfg_attr(
     any(
@@ -411,13 +407,8 @@ fn shutdown_racing_publish_drains_and_releases() {
 /// events to handle: the joining producer had taken the stage handles out of
 /// `Core::threads`, so `shutdown` saw no thread left and halted at once.
 ///
-/// Built only with the `known-bugs` feature, for the reason given on the model above and
-/// one more: `Core::joining`, the lock that now serialises joiners, is a `std` mutex held
-/// across a join. Under loom every model thread runs on one OS thread, so when the
-/// producer's drop blocks on that lock while `shutdown` holds it, the whole test process
-/// hangs (it does today). With both waits going through the shim (a loom mutex under
-/// loom) the model passes.
-#[cfg(feature = "known-bugs")]
+/// `Core::joining`, the lock that serialises joiners, is held across a join, so it is a
+/// loom mutex under loom (from the shim): loom sees the producer's drop wait for it.
 #[test]
 #[cfg_attr(
     any(
@@ -430,7 +421,6 @@ fn shutdown_racing_last_producer_drop() {
     check(2, || shutdown_racing_publish(true));
 }
 
-#[cfg(feature = "known-bugs")]
 /// The scenario of the two shutdown models; `drop_in_thread` drops the last producer on
 /// its thread, racing with the shutdown, instead of after it.
 fn shutdown_racing_publish(drop_in_thread: bool) {

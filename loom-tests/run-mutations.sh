@@ -21,10 +21,11 @@ declare -A MODELS=(
     [barrier_ignores_deps]="gated_stage_never_overtakes_its_dependency"
     [notifier_no_fence]="blocking_notifier_loses_no_wakeup blocking_ring_loses_no_wakeup"
     [close_no_recheck]="close_racing_publish_drains_everything last_producer_drop_drains_stage shutdown_racing_publish_drains_and_releases shutdown_racing_last_producer_drop"
+    [pool_early_release]="each_event_goes_to_exactly_one_worker"
     [halt_ignored]="halt_releases_blocked_producer failure_policy_halt_releases_blocked_producer shutdown_racing_publish_drains_and_releases shutdown_racing_last_producer_drop"
 )
 ORDER=(sequence_relaxed no_gating skip_availability batch_per_slot barrier_ignores_deps
-    notifier_no_fence close_no_recheck halt_ignored)
+    notifier_no_fence close_no_recheck halt_ignored pool_early_release)
 
 if [ $# -gt 0 ]; then
     ORDER=("$@")

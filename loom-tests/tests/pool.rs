@@ -1,9 +1,10 @@
 //! The work-pool protocol under the loom model checker.
 //!
-//! Run: `RUSTFLAGS="--cfg loom -C debug-assertions" cargo test -p peregrine-ring --test loom_pool --release`
+//! Run with the other models:
+//! `RUSTFLAGS="--cfg loom -C debug-assertions" cargo test -p peregrine-loom-tests --release`.
 //! Mutation: with `--cfg peregrine_mutation="pool_early_release"` (a worker marks the event it
 //! just took as handled before handling it) the model fails: loom reports the producer
-//! overwriting a slot a worker is still reading.
+//! overwriting a slot a worker is still reading (`run-mutations.sh pool_early_release`).
 #![cfg(loom)]
 
 use std::sync::{Arc, Mutex};

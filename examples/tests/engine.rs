@@ -6,7 +6,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use peregrine_examples::book::{
     random_commands, Command, ReferenceMatcher, Reject, Report, COMMAND_LEN, REPORT_LEN,
@@ -155,25 +157,45 @@ fn recovery_after_sigkill_equals_the_reference_at_the_last_journaled_sequence() 
     let (mut child, addr, _out) = serve(&dir);
     let mut stream = TcpStream::connect(addr).unwrap();
     let mut reader = stream.try_clone().unwrap();
-    let commands = random_commands(7, 40_000, INSTRUMENTS, 1);
+    let commands = random_commands(7, 25_000, INSTRUMENTS, 1);
+    // Count replies, so the kill lands mid-stream: after the engine has journaled and
+    // answered some commands, while thousands more are in flight.
+    let answered = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&answered);
     let drain = std::thread::spawn(move || {
-        let mut buf = [0u8; 65536];
-        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
-    });
-    for (i, c) in commands.iter().enumerate() {
-        send(&mut stream, &c.encode());
-        if i == 25_000 {
-            // Mid-stream, with commands in flight.
-            child.kill().unwrap();
-            break;
+        let mut header = [0u8; 4];
+        let mut body = vec![0u8; 1 << 16];
+        while reader.read_exact(&mut header).is_ok() {
+            let len = u32::from_le_bytes(header) as usize;
+            if reader.read_exact(&mut body[..len]).is_err() {
+                break;
+            }
+            seen.fetch_add(1, Ordering::SeqCst);
         }
+    });
+    for c in &commands {
+        send(&mut stream, &c.encode());
     }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered.load(Ordering::SeqCst) < 2_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the engine answered too little to test a kill"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
     let _ = child.wait();
+    let answered_before_kill = answered.load(Ordering::SeqCst);
     drop(stream);
     drain.join().unwrap();
 
     let (next, hash) = recovered(&dir);
-    assert!(next > 0 && next <= 25_001, "journaled {next}");
+    // Every answered command was journaled first (logic runs after the journal stage).
+    assert!(
+        next >= answered_before_kill && next <= 25_000,
+        "journaled {next}, answered {answered_before_kill}"
+    );
     let mut reference = ReferenceMatcher::new(INSTRUMENTS);
     let mut sink = Vec::new();
     for c in &commands[..next as usize] {

@@ -41,8 +41,11 @@ impl<E> Slots<E> {
 
     #[inline(always)]
     fn cell(&self, sequence: u64) -> &UnsafeCell<E> {
-        // The mask keeps the index below `slots.len()`; the bounds check folds away.
-        &self.slots[(sequence & self.mask) as usize]
+        let index = (sequence & self.mask) as usize;
+        debug_assert!(index < self.slots.len());
+        // SAFETY: `mask` is `slots.len() - 1` with `slots.len()` a power of two (set in
+        // `new`, never changed), so `sequence & mask` is always a valid index.
+        unsafe { self.slots.get_unchecked(index) }
     }
 
     /// Runs `f` on the event at `sequence`.

@@ -400,6 +400,7 @@ impl<E: Send + Sync + 'static, S: Sequencer> RingBuilder<E, S> {
             wait: self.wait,
             when_full: self.when_full,
             parks,
+            plain_wait: !matches!(self.when_full, WhenFull::WaitUpTo(_) | WhenFull::Fail),
             notifier: Notifier::new(),
             stalls: CachePadded::new(AtomicU64::new(0)),
             control: CachePadded::new(Control {

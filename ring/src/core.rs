@@ -48,6 +48,8 @@ pub(crate) struct Core<E, S> {
     pub(crate) when_full: crate::producer::WhenFull,
     /// Whether anyone (stage or producer) may park, so sequence moves must signal.
     pub(crate) parks: bool,
+    /// `when_full` waits by a strategy with no deadline (the publish fast path).
+    pub(crate) plain_wait: bool,
     pub(crate) notifier: Notifier,
     /// Times a producer found the ring full (slow path only).
     pub(crate) stalls: CachePadded<crate::sync::AtomicU64>,

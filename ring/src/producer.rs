@@ -111,6 +111,12 @@ impl<E, S: Sequencer> Producer<E, S> {
                 PublishError::Closed
             });
         }
+        if deadline.is_none() && self.core.plain_wait {
+            // The common case: wait by a strategy, no deadline, no fail-fast. Kept short:
+            // a publish a few instructions slower lets the stage catch up and take events
+            // one at a time, which costs a cache-line transfer per event.
+            return self.claim_waiting(n);
+        }
         let deadline = match (self.core.when_full, deadline) {
             (_, Some(d)) => Some(d),
             (WhenFull::WaitUpTo(t), None) => Some(Instant::now() + t),
@@ -123,14 +129,21 @@ impl<E, S: Sequencer> Producer<E, S> {
             }
             _ => None,
         };
-        let core = &*self.core;
-        let strategy = core.when_full.strategy(core.wait);
         if let Some(deadline) = deadline {
+            let strategy = self.core.when_full.strategy(self.core.wait);
             return self.claim_until(n, strategy, deadline);
         }
+        self.claim_waiting(n)
+    }
+
+    /// Claims `n` slots, waiting by the producer's strategy while the ring is full.
+    #[inline(always)]
+    fn claim_waiting(&mut self, n: u64) -> Result<u64, PublishError> {
+        let core = &*self.core;
         core.sequencer
             .claim(&mut self.local, n, &core.gating, |wrap| {
                 core.stalls.fetch_add(1, Ordering::Relaxed);
+                let strategy = core.when_full.strategy(core.wait);
                 // Wait until the slowest stage frees the slot, or the ring halts (give up).
                 matches!(
                     strategy.wait(&core.notifier, None, || {

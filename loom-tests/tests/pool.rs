@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use peregrine_loom_tests::check;
 use peregrine_ring::{single_producer, WaitStrategy};
 
 /// Two workers share a two-slot ring fed three events (so the producer wraps and must wait
@@ -17,9 +18,7 @@ use peregrine_ring::{single_producer, WaitStrategy};
 #[test]
 #[cfg_attr(peregrine_mutation = "pool_early_release", should_panic)]
 fn each_event_goes_to_exactly_one_worker() {
-    let mut model = loom::model::Builder::new();
-    model.preemption_bound = Some(2);
-    model.check(|| {
+    check(2, || {
         let handled = Arc::new(Mutex::new(Vec::new()));
         let mut b = single_producer(2, || 0u64)
             .unwrap()

@@ -119,17 +119,15 @@ impl<E, S: Sequencer> Core<E, S> {
         minimum(&self.gating, u64::MAX)
     }
 
+    /// Each stage's progress: the name, sequence and lag of its telemetry.
     pub(crate) fn progress(&self) -> Vec<StageProgress> {
-        let cursor = self.sequencer.claimed();
-        self.stages
-            .iter()
-            .map(|s| {
-                let sequence = s.sequence.get();
-                StageProgress {
-                    name: s.name.clone(),
-                    sequence,
-                    remaining: cursor.saturating_sub(sequence),
-                }
+        self.telemetry()
+            .stages
+            .into_iter()
+            .map(|s| StageProgress {
+                name: s.name,
+                sequence: s.sequence,
+                remaining: s.lag,
             })
             .collect()
     }

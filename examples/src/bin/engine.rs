@@ -14,20 +14,14 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use peregrine::journal::{Appender, Config as JournalConfig};
-use peregrine::journaled::{recover, JournalStage, Recovered, Snapshot, SnapshotStore};
-use peregrine::metrics::Metrics;
-use peregrine::placement::{place, StageNeed, Topology};
-use peregrine::reactor::{Codec, Config as ReactorConfig, ConnId, Egress, FrameError, Reactor};
-use peregrine::ring::{
-    single_producer, BoxError, EventHandler, Single, StageBuilder, WaitStrategy,
-};
+use peregrine::journal::Config as JournalConfig;
+use peregrine::journaled::{Recovered, Snapshot};
+use peregrine::pipeline::{Logic, Pipeline, Reply, Running};
+use peregrine::ring::BoxError;
 use peregrine::signals::ShutdownSignal;
 use peregrine_examples::book::{random_commands, Command, Exchange, Reject, Report, COMMAND_LEN};
 
@@ -66,255 +60,81 @@ struct Args {
     metrics: Option<SocketAddr>,
 }
 
-/// The decoded command, written by `decode` while `journal` reads the raw bytes of the
-/// same slot: atomics (plain moves on x86 with Relaxed) rather than `&mut`, so the two
-/// stages can share the slot. `logic` reads them after acquiring `decode`'s sequence.
-#[derive(Debug, Default)]
-struct Decoded {
-    valid: AtomicBool,
-    kind: AtomicU8,
-    side: AtomicU8,
-    instrument: AtomicU32,
-    order: AtomicU64,
-    price: AtomicU64,
-    quantity: AtomicU64,
+/// Largest command payload accepted (a command is `COMMAND_LEN` bytes).
+const MAX_PAYLOAD: usize = 64;
+
+/// A command as the decode stage leaves it: decoded, or the order id of a malformed one
+/// (0 when even that is unreadable).
+#[derive(Debug)]
+struct Order(Result<Command, u64>);
+
+impl Default for Order {
+    fn default() -> Self {
+        Order(Err(0))
+    }
 }
 
-impl Decoded {
-    fn store(&self, decoded: Result<Command, u64>) {
-        let r = Ordering::Relaxed;
-        match decoded {
-            Ok(Command::New {
-                instrument,
-                order,
-                side,
-                price,
-                quantity,
-            }) => {
-                self.kind.store(1, r);
-                self.instrument.store(instrument, r);
-                self.order.store(order, r);
-                self.side.store(side as u8, r);
-                self.price.store(price, r);
-                self.quantity.store(quantity, r);
-                self.valid.store(true, r);
-            }
-            Ok(Command::Cancel { instrument, order }) => {
-                self.kind.store(2, r);
-                self.instrument.store(instrument, r);
-                self.order.store(order, r);
-                self.valid.store(true, r);
-            }
-            Err(order) => {
-                self.order.store(order, r);
-                self.valid.store(false, r);
-            }
+/// The business logic: the books of every instrument. Reports of one command go back as
+/// one frame (a run of encoded reports).
+struct Books {
+    exchange: Exchange,
+    reports: Vec<Report>,
+}
+
+impl Books {
+    fn new(instruments: u32) -> Self {
+        Books {
+            exchange: Exchange::new(instruments),
+            reports: Vec::with_capacity(64),
         }
     }
+}
 
-    fn load(&self) -> Result<Command, u64> {
-        let r = Ordering::Relaxed;
-        let (instrument, order) = (self.instrument.load(r), self.order.load(r));
-        if !self.valid.load(r) {
-            return Err(order);
-        }
-        Ok(match self.kind.load(r) {
-            1 => Command::New {
-                instrument,
-                order,
-                side: if self.side.load(r) == peregrine_examples::book::Side::Buy as u8 {
-                    peregrine_examples::book::Side::Buy
-                } else {
-                    peregrine_examples::book::Side::Sell
-                },
-                price: self.price.load(r),
-                quantity: self.quantity.load(r),
-            },
-            _ => Command::Cancel { instrument, order },
+impl Snapshot for Books {
+    fn save(&self, out: &mut Vec<u8>) {
+        self.exchange.save(out)
+    }
+    fn load(bytes: &[u8]) -> Result<Self, BoxError> {
+        let exchange = Exchange::load(bytes).ok_or("not a snapshot of the books")?;
+        Ok(Books {
+            exchange,
+            reports: Vec::with_capacity(64),
         })
     }
 }
 
-/// An input slot: the raw command as received, and its decoded form.
-#[derive(Debug)]
-struct OrderIn {
-    conn: ConnId,
-    /// When the reactor decoded the frame (nanoseconds since the engine's epoch).
-    received: u64,
-    len: usize,
-    raw: [u8; MAX_PAYLOAD],
-    decoded: Decoded,
-}
+impl Logic for Books {
+    type Command = Order;
 
-impl Default for OrderIn {
-    fn default() -> Self {
-        Self {
-            conn: ConnId::NONE,
-            received: 0,
-            len: 0,
-            raw: [0; MAX_PAYLOAD],
-            decoded: Decoded::default(),
-        }
-    }
-}
-
-/// An output slot: every report of one command, encoded, for one connection.
-#[derive(Debug, Default)]
-struct ReportsOut {
-    conn: ConnId,
-    bytes: Vec<u8>,
-}
-
-const MAX_PAYLOAD: usize = 64;
-const HEADER: usize = 4;
-
-/// Length-prefixed framing (u32 LE) into [`OrderIn`] slots; replies are length-prefixed
-/// runs of 33-byte reports.
-#[derive(Debug)]
-struct OrderCodec {
-    epoch: Instant,
-}
-
-impl Codec for OrderCodec {
-    type In = OrderIn;
-    type Out = ReportsOut;
-
-    fn frame_len(&mut self, buf: &[u8], max_frame: usize) -> Result<Option<usize>, FrameError> {
-        let Some(h) = buf.get(..HEADER) else {
-            return Ok(None);
-        };
-        let len = u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize;
-        if len == 0 {
-            return Err(FrameError::Malformed("zero-length frame"));
-        }
-        let total = HEADER + len;
-        if total > max_frame {
-            return Err(FrameError::Oversized {
-                len: total,
-                max: max_frame,
-            });
-        }
-        Ok((buf.len() >= total).then_some(total))
+    fn decode(payload: &[u8]) -> Order {
+        Order(Command::decode(payload))
     }
 
-    fn decode(&mut self, conn: ConnId, frame: &[u8], slot: &mut OrderIn) {
-        let payload = &frame[HEADER..];
-        slot.conn = conn;
-        slot.received = self.epoch.elapsed().as_nanos() as u64;
-        slot.len = payload.len().min(MAX_PAYLOAD);
-        slot.raw[..slot.len].copy_from_slice(&payload[..slot.len]);
-    }
-
-    fn destination(&self, event: &ReportsOut) -> ConnId {
-        event.conn
-    }
-
-    fn encode(&mut self, event: &ReportsOut, out: &mut Vec<u8>) {
-        out.extend_from_slice(&(event.bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&event.bytes);
-    }
-}
-
-/// The books, as a snapshot.
-struct Books(Exchange);
-
-impl Snapshot for Books {
-    fn save(&self, out: &mut Vec<u8>) {
-        self.0.save(out)
-    }
-    fn load(bytes: &[u8]) -> Result<Self, BoxError> {
-        Exchange::load(bytes)
-            .map(Books)
-            .ok_or_else(|| "not a snapshot of the books".into())
-    }
-}
-
-/// The single-threaded business logic: applies each command to the books and sends the
-/// reports back.
-struct Logic {
-    books: Exchange,
-    egress: Egress<ReportsOut, Single>,
-    reports: Vec<Report>,
-    snapshots: SnapshotStore,
-    snapshot_every: u64,
-    /// Journal sequence of ring sequence 0 (the journal continues across restarts).
-    base: u64,
-    done: mpsc::Sender<Exchange>,
-    epoch: Instant,
-    latency: peregrine::metrics::LatencyRecorder,
-}
-
-impl EventHandler<OrderIn> for Logic {
-    fn on_event(&mut self, e: &OrderIn, sequence: u64, _end_of_batch: bool) {
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        self.latency.record_nanos(now.saturating_sub(e.received));
+    fn apply(&mut self, command: &Order, reply: &mut Reply<'_>) {
         self.reports.clear();
-        match e.decoded.load() {
-            Ok(command) => self.books.apply(&command, &mut self.reports),
+        match &command.0 {
+            Ok(command) => self.exchange.apply(command, &mut self.reports),
             Err(order) => self.reports.push(Report::Rejected {
-                order,
+                order: *order,
                 reason: Reject::Malformed,
             }),
         }
         let reports = &self.reports;
-        // The egress ring halts only at shutdown, when no one is waiting for replies.
-        let _ = self.egress.publish(|out| {
-            out.conn = e.conn;
-            out.bytes.clear();
-            for r in reports {
-                r.encode(&mut out.bytes);
-            }
-        });
-        let applied = self.base + sequence + 1;
-        if self.snapshot_every > 0 && applied % self.snapshot_every == 0 {
-            if let Err(err) = self.snapshots.save(applied, &BooksRef(&self.books)) {
-                eprintln!("engine: snapshot at {applied} failed: {err}");
-            }
-        }
-    }
-
-    fn on_shutdown(&mut self) {
-        let books = std::mem::replace(&mut self.books, Exchange::new(0));
-        let _ = self.done.send(books);
+        reply.send(|out| reports.iter().for_each(|r| r.encode(out)));
     }
 }
 
-/// Saves borrowed books (snapshots are taken on the logic thread without copying).
-struct BooksRef<'a>(&'a Exchange);
-
-impl Snapshot for BooksRef<'_> {
-    fn save(&self, out: &mut Vec<u8>) {
-        self.0.save(out)
-    }
-    fn load(_: &[u8]) -> Result<Self, BoxError> {
-        Err("load snapshots as Books".into())
-    }
-}
-
-/// Applies one journaled command during recovery (rejected commands change nothing).
-fn replay(books: &mut Books, _sequence: u64, payload: &[u8]) {
-    if let Ok(command) = Command::decode(payload) {
-        let mut sink = Vec::new();
-        books.0.apply(&command, &mut sink);
-    }
-}
-
-fn recover_books(dir: &Path, instruments: u32) -> Result<Recovered<Books>, BoxError> {
-    let snapshots = SnapshotStore::open(dir.join("snapshots"))?;
-    Ok(recover(
-        &dir.join("journal"),
-        &snapshots,
-        || Books(Exchange::new(instruments)),
-        replay,
-    )?)
-}
-
-/// A running engine.
-struct Engine {
-    reactor: peregrine::reactor::ReactorHandle,
-    books: mpsc::Receiver<Exchange>,
-    metrics: Metrics,
-    addr: SocketAddr,
+/// The engine on the LMAX pipeline: reactor -> journal || decode -> logic -> reactor.
+fn pipeline(dir: &Path, listen: SocketAddr, snapshot_every: u64) -> Pipeline {
+    Pipeline::new(dir)
+        .listen(listen)
+        .max_payload(MAX_PAYLOAD)
+        .journal(
+            JournalConfig::default()
+                .segment_size(16 << 20)
+                .pretouch(true),
+        )
+        .snapshot_every(snapshot_every)
 }
 
 fn start(
@@ -322,120 +142,27 @@ fn start(
     listen: SocketAddr,
     instruments: u32,
     snapshot_every: u64,
-) -> Result<Engine, BoxError> {
-    let recovered = recover_books(dir, instruments)?;
+) -> Result<Running<Books>, BoxError> {
+    let running = pipeline(dir, listen, snapshot_every).start(|| Books::new(instruments))?;
+    let r = running.recovery();
     println!(
-        "engine: recovered {} resting orders (snapshot {:?}, {} journal records replayed); next sequence {}",
-        recovered.state.0.resting_orders(),
-        recovered.snapshot,
-        recovered.replayed,
-        recovered.next_sequence
+        "engine: recovered (snapshot {:?}, {} journal records replayed in {:.1} ms); next sequence {}",
+        r.snapshot,
+        r.replayed,
+        r.elapsed.as_secs_f64() * 1e3,
+        r.next_sequence
     );
-    let (appender, _) = Appender::open(
-        dir.join("journal"),
-        JournalConfig::default()
-            .segment_size(16 << 20)
-            .pretouch(true),
-    )?;
-    // One core per thread where the machine has them, dependent stages sharing a cache;
-    // on a small machine the rest are left to the scheduler (nothing here busy-spins).
-    let topology = Topology::detect()?;
-    let need = |name: &str, after: &[usize]| StageNeed {
-        name: name.into(),
-        after: after.to_vec(),
-        busy: false,
-        core: None,
-    };
-    let plan = place(
-        &topology,
-        &[
-            need("reactor", &[]),
-            need("journal", &[0]),
-            need("decode", &[0]),
-            need("logic", &[1, 2]),
-        ],
-        false,
-    )?;
-    println!("engine: placement reactor/journal/decode/logic on cores {plan:?}");
-    let epoch = Instant::now();
-    let mut config = ReactorConfig::with_addr(listen);
-    config.max_frame = HEADER + MAX_PAYLOAD;
-    config.pin = plan[0];
-    let reactor = Reactor::with_codec(config, OrderCodec { epoch })?;
-    let addr = reactor.local_addr();
-
-    let mut out = single_producer(4096, ReportsOut::default)?.wait_strategy(WaitStrategy::phased());
-    let egress_id = out.poller("egress").add()?;
-    let (out_producer, mut out_ring) = out.build()?;
-    let egress_poller = out_ring.take_poller(egress_id).expect("added above");
-
-    let mut input = single_producer(4096, OrderIn::default)?.wait_strategy(WaitStrategy::phased());
-    fn pinned(
-        b: StageBuilder<'_, OrderIn, Single>,
-        core: Option<usize>,
-    ) -> StageBuilder<'_, OrderIn, Single> {
-        match core {
-            Some(c) => b.pin(c),
-            None => b,
-        }
-    }
-    let journal = pinned(
-        input.try_stage(
-            "journal",
-            JournalStage::new(appender, |e: &OrderIn, out: &mut Vec<u8>| {
-                out.extend_from_slice(&e.raw[..e.len])
-            }),
-        ),
-        plan[1],
-    )
-    .add()?;
-    let decode = pinned(
-        input.stage("decode", |e: &OrderIn, _: u64, _: bool| {
-            e.decoded.store(Command::decode(&e.raw[..e.len]))
-        }),
-        plan[2],
-    )
-    .add()?;
-    let (done, books) = mpsc::channel();
-    let metrics = Metrics::new();
-    let logic = Logic {
-        books: recovered.state.0,
-        egress: reactor.egress(out_producer),
-        reports: Vec::with_capacity(64),
-        snapshots: SnapshotStore::open(dir.join("snapshots"))?,
-        snapshot_every,
-        base: recovered.next_sequence,
-        done,
-        epoch,
-        latency: metrics.latency("ingress_to_logic"),
-    };
-    pinned(
-        input.stage("logic", logic).after(&[journal, decode]),
-        plan[3],
-    )
-    .add()?;
-    let (in_producer, in_ring) = input.build()?;
-    let (in_ring, out_ring) = (Arc::new(in_ring), Arc::new(out_ring));
-    let r = Arc::clone(&in_ring);
-    metrics.watch_ring("input", move || r.telemetry());
-    let r = Arc::clone(&out_ring);
-    metrics.watch_ring("output", move || r.telemetry());
-    let reactor = reactor.spawn(in_producer, Some(egress_poller))?;
-    Ok(Engine {
-        reactor,
-        books,
-        metrics,
-        addr,
-    })
+    println!(
+        "engine: {} backend; reactor/journal/decode/logic on cores {:?}",
+        running.backend(),
+        running.plan()
+    );
+    Ok(running)
 }
 
-impl Engine {
-    /// Stops the network, drains the pipeline, and returns the final books.
-    fn stop(self) -> Result<(Exchange, Metrics), BoxError> {
-        self.reactor.shutdown()?;
-        let books = self.books.recv_timeout(Duration::from_secs(30))?;
-        Ok((books, self.metrics))
-    }
+fn recover_books(dir: &Path, instruments: u32) -> Result<Recovered<Books>, BoxError> {
+    let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    Ok(pipeline(dir, listen, 0).recover(|| Books::new(instruments))?)
 }
 
 /// Load generator results.
@@ -499,7 +226,7 @@ fn load(
                             Ok((answered, h))
                         });
                     let mut writer = stream;
-                    let mut frame = Vec::with_capacity(HEADER + COMMAND_LEN);
+                    let mut frame = Vec::with_capacity(4 + COMMAND_LEN);
                     for (i, command) in commands.iter().enumerate() {
                         let intended = start + interval * i as u32;
                         while Instant::now() < intended {
@@ -551,7 +278,7 @@ fn run(args: Args) -> Result<(), BoxError> {
         println!(
             "recovered next_sequence {} hash {:016x}",
             r.next_sequence,
-            r.state.0.book_hash()
+            r.state.exchange.book_hash()
         );
         return Ok(());
     }
@@ -559,19 +286,19 @@ fn run(args: Args) -> Result<(), BoxError> {
         let signal = ShutdownSignal::install()?;
         let engine = start(&dir, args.listen, args.instruments, args.snapshot_every)?;
         let server = match args.metrics {
-            Some(addr) => Some(engine.metrics.serve(addr)?),
+            Some(addr) => Some(engine.metrics().serve(addr)?),
             None => None,
         };
         if let Some(s) = &server {
             println!("metrics on http://{}/metrics", s.local_addr());
         }
-        println!("listening on {}", engine.addr);
+        println!("listening on {}", engine.local_addr());
         std::io::stdout().flush()?;
         while !signal.wait_timeout(Duration::from_millis(200)) {}
         drop(server);
-        let (books, metrics) = engine.stop()?;
-        println!("{}", metrics.summary());
-        println!("final hash {:016x}", books.book_hash());
+        let stopped = engine.stop()?;
+        println!("{}", stopped.metrics.summary());
+        println!("final hash {:016x}", stopped.state.exchange.book_hash());
         return Ok(());
     }
 
@@ -582,16 +309,22 @@ fn run(args: Args) -> Result<(), BoxError> {
     let engine = start(&dir, args.listen, args.instruments, args.snapshot_every)?;
     println!(
         "engine: listening on {}; offering {} orders/s on {} connection(s) for {} s",
-        engine.addr, args.rate, args.connections, args.seconds
+        engine.local_addr(),
+        args.rate,
+        args.connections,
+        args.seconds
     );
     let result = load(
-        engine.addr,
+        engine.local_addr(),
         args.connections,
         args.rate,
         args.seconds,
         args.instruments,
     )?;
-    let (books, metrics) = engine.stop()?;
+    let stopped = engine.stop()?;
+    if let Some((stage, failure)) = &stopped.failure {
+        return Err(format!("stage {stage} failed: {failure}").into());
+    }
     let us = |q: f64| result.latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "load: {} commands sent, {} answered in {:.2} s: {:.0} commands/s",
@@ -608,17 +341,20 @@ fn run(args: Args) -> Result<(), BoxError> {
         us(0.9999),
         result.latency.max() as f64 / 1000.0
     );
-    print!("{}", metrics.summary());
-    let before = books.book_hash();
-    let started = Instant::now();
-    let recovered = recover_books(&dir, args.instruments)?;
-    let after = recovered.state.0.book_hash();
+    print!("{}", stopped.metrics.summary());
+    let before = stopped.state.exchange.book_hash();
+    // Restart: a new pipeline over the same directory rebuilds the books from the newest
+    // snapshot and the journal before it listens.
+    let again = start(&dir, args.listen, args.instruments, args.snapshot_every)?;
+    let r = again.recovery();
+    let rebuilt = again.stop()?.state.exchange;
+    let after = rebuilt.book_hash();
     println!(
-        "restart: rebuilt {} resting orders from the journal ({} records, snapshot {:?}) in {:.1} ms",
-        recovered.state.0.resting_orders(),
-        recovered.replayed,
-        recovered.snapshot,
-        started.elapsed().as_secs_f64() * 1000.0
+        "restart: rebuilt {} resting orders from the journal ({} records after snapshot {:?}) in {:.1} ms",
+        rebuilt.resting_orders(),
+        r.replayed,
+        r.snapshot,
+        r.elapsed.as_secs_f64() * 1000.0
     );
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,881 @@
+//! The LMAX pipeline in a few lines: network in, journal and decode in parallel, one
+//! business-logic thread, network out.
+//!
+//! ```text
+//!  clients --TCP--> [reactor] --> input ring --+--> journal --+--> logic --> output ring --> [reactor] --TCP--> clients
+//!                                              +--> decode ---+
+//! ```
+//!
+//! The user writes a [`Logic`]: how to [`decode`](Logic::decode) a frame's bytes into a
+//! command (on the decode thread, in parallel with the journal) and how to
+//! [`apply`](Logic::apply) a command to the state (on the one logic thread), sending
+//! replies through a [`Reply`]. The state is a [`Snapshot`] so it can be saved and rebuilt.
+//! [`Pipeline::start`] then:
+//!
+//! 1. recovers: loads the newest snapshot in `DIR/snapshots` (or the initial state) and
+//!    replays the journal in `DIR/journal` from the snapshot's sequence through the same
+//!    `decode` and `apply` (replies are discarded: [`Reply::is_replay`]);
+//! 2. places the four threads (reactor, journal, decode, logic) on cores that share a
+//!    cache ([`placement`](crate::placement)), pinning each where the machine has a core
+//!    for it;
+//! 3. opens the network only then, so no command is applied before the state is whole.
+//!
+//! Frames are length-prefixed (`u32` little-endian length, then the payload) both ways:
+//! the journal records each frame's payload exactly as received, and each
+//! [`Reply::send`] is one frame back.
+//!
+//! ```
+//! use peregrine::pipeline::{Logic, Pipeline, Reply};
+//! use peregrine::journaled::Snapshot;
+//! use peregrine::ring::BoxError;
+//! use std::io::{Read, Write};
+//!
+//! /// A running total: each frame is a little-endian `i64` to add; the reply is the total.
+//! #[derive(Default)]
+//! struct Total(i64);
+//!
+//! impl Snapshot for Total {
+//!     fn save(&self, out: &mut Vec<u8>) { out.extend_from_slice(&self.0.to_le_bytes()) }
+//!     fn load(bytes: &[u8]) -> Result<Self, BoxError> { Ok(Total(i64::from_le_bytes(bytes.try_into()?))) }
+//! }
+//!
+//! impl Logic for Total {
+//!     type Command = Option<i64>; // None: not 8 bytes
+//!     fn decode(payload: &[u8]) -> Option<i64> { Some(i64::from_le_bytes(payload.try_into().ok()?)) }
+//!     fn apply(&mut self, command: &Option<i64>, reply: &mut Reply<'_>) {
+//!         if let Some(v) = command { self.0 += v }
+//!         reply.send(|out| out.extend_from_slice(&self.0.to_le_bytes()));
+//!     }
+//! }
+//!
+//! let dir = std::env::temp_dir().join(format!("peregrine-pipeline-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let running = Pipeline::new(&dir).start(Total::default)?;
+//!
+//! let mut client = std::net::TcpStream::connect(running.local_addr())?;
+//! for v in [5i64, 7] {
+//!     client.write_all(&8u32.to_le_bytes())?;
+//!     client.write_all(&v.to_le_bytes())?;
+//! }
+//! let mut reply = [0u8; 12];
+//! client.read_exact(&mut reply)?; // 5
+//! client.read_exact(&mut reply)?; // 12
+//! assert_eq!(i64::from_le_bytes(reply[4..].try_into()?), 12);
+//!
+//! let stopped = running.stop()?;
+//! assert_eq!(stopped.state.0, 12);
+//!
+//! // A restart rebuilds the total from the journal before it listens.
+//! let running = Pipeline::new(&dir).start(Total::default)?;
+//! assert_eq!(running.recovery().replayed, 2);
+//! assert_eq!(running.stop()?.state.0, 12);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use peregrine_journal::{Appender, Config as JournalConfig, OpenError};
+use peregrine_reactor::{
+    BackendKind, Codec, Config as ReactorConfig, ConnId, Egress, FrameError, LengthPrefixed,
+    Reactor, ReactorError, ReactorHandle, HEADER_LEN,
+};
+use peregrine_ring::{
+    single_producer, BuildError, EventHandler, FailurePolicy, Ring, Single, StageBuilder,
+    Telemetry, WaitStrategy,
+};
+use thiserror::Error;
+
+use crate::journaled::{recover, JournalStage, RecoverError, Recovered, Snapshot, SnapshotStore};
+use crate::metrics::{Counter, LatencyRecorder, Metrics};
+use crate::placement::{place, PlacementError, StageNeed, Topology, TopologyError};
+
+/// The business logic of a [`Pipeline`]: single-threaded state that commands are applied
+/// to, in journal order.
+///
+/// `decode` runs on the decode thread (in parallel with the journal) and during recovery;
+/// `apply` runs on the logic thread, which owns `self`, and during recovery with replies
+/// discarded. Both must be deterministic functions of their inputs (and `self`): recovery
+/// rebuilds the state by running them again over the journal.
+pub trait Logic: Snapshot + Send + 'static {
+    /// A decoded command. Decoding cannot fail from the pipeline's point of view: make
+    /// this a `Result` (or an enum with a "malformed" case) and answer bad input with a
+    /// reject in [`apply`](Logic::apply).
+    type Command: Default + Send + Sync + 'static;
+
+    /// Decodes one frame's payload (as received, and as journaled).
+    fn decode(payload: &[u8]) -> Self::Command;
+
+    /// Applies one command, replying through `reply`.
+    fn apply(&mut self, command: &Self::Command, reply: &mut Reply<'_>);
+}
+
+/// Where [`Logic::apply`] sends its replies: frames to the connection the command came
+/// from (or any other open connection), or nowhere while recovery replays the journal.
+pub struct Reply<'a> {
+    egress: Option<&'a mut Egress<Outbound, Single>>,
+    origin: ConnId,
+    undelivered: Option<&'a Counter>,
+}
+
+impl fmt::Debug for Reply<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reply")
+            .field("origin", &self.origin)
+            .field("replay", &self.is_replay())
+            .finish()
+    }
+}
+
+impl<'a> Reply<'a> {
+    /// A sink for recovery: [`is_replay`](Self::is_replay) is true and sends are no-ops.
+    pub fn replay() -> Reply<'static> {
+        Reply {
+            egress: None,
+            origin: ConnId::NONE,
+            undelivered: None,
+        }
+    }
+
+    /// True while recovery replays the journal: the command was answered before the
+    /// restart, and nothing sent now goes anywhere.
+    pub fn is_replay(&self) -> bool {
+        self.egress.is_none()
+    }
+
+    /// The connection the command came from ([`ConnId::NONE`] during replay).
+    pub fn origin(&self) -> ConnId {
+        self.origin
+    }
+
+    /// Sends one frame to the connection the command came from; `write` appends the
+    /// payload (the length header is added). Not called during replay.
+    ///
+    /// A reply to a connection that has closed is dropped by the reactor (and counted in
+    /// its stats); a reply the output ring refuses because the pipeline is stopping is
+    /// counted as `pipeline_replies_undelivered`.
+    pub fn send(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        self.send_to(self.origin, write)
+    }
+
+    /// Sends one frame to `conn` (for example a subscriber of market data).
+    pub fn send_to(&mut self, conn: ConnId, write: impl FnOnce(&mut Vec<u8>)) {
+        let Some(egress) = self.egress.as_deref_mut() else {
+            return;
+        };
+        let sent = egress.publish(|out| {
+            out.conn = conn;
+            out.bytes.clear();
+            write(&mut out.bytes);
+        });
+        if sent.is_err() {
+            if let Some(c) = self.undelivered {
+                c.add(1);
+            }
+        }
+    }
+}
+
+/// The four threads of a pipeline, for explicit placement ([`Pipeline::core`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The network event loop (ingress and egress).
+    Reactor = 0,
+    /// The journal stage.
+    Journal = 1,
+    /// The decode stage.
+    Decode = 2,
+    /// The business-logic stage.
+    Logic = 3,
+}
+
+const ROLES: [&str; 4] = ["reactor", "journal", "decode", "logic"];
+
+/// What a failing stage does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    /// Halt the pipeline: nothing more is applied; [`Running::failure`] says why (default).
+    #[default]
+    Halt,
+    /// Log the failure, count it in the stage's telemetry, skip the command and go on.
+    Skip,
+}
+
+/// Why a pipeline did not start or stop cleanly.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// Recovery failed: a snapshot does not load, or the journal is unreadable.
+    #[error("recovery failed: {0}")]
+    Recover(#[from] RecoverError),
+    /// The journal could not be opened for appending.
+    #[error("cannot open the journal: {0}")]
+    Journal(#[from] OpenError),
+    /// The snapshot directory is unusable.
+    #[error("cannot use the snapshot directory: {0}")]
+    Snapshots(#[source] io::Error),
+    /// The journal ends before the newest snapshot: the journal lost records the snapshot
+    /// includes (a journal without durability after a power loss, or files removed).
+    #[error("the journal's next sequence is {journal} but recovery reached {recovered}: the journal lost records")]
+    Inconsistent {
+        /// The appender's next sequence.
+        journal: u64,
+        /// The sequence recovery reached.
+        recovered: u64,
+    },
+    /// The machine's topology could not be read.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// The placement plan was refused.
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    /// A ring could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The reactor failed to start or stopped with an error.
+    #[error(transparent)]
+    Reactor(#[from] ReactorError),
+    /// The logic thread did not hand its state back within the timeout.
+    #[error("the logic stage did not finish within {0:?}")]
+    StopTimeout(Duration),
+}
+
+/// Builds and starts a pipeline over a directory holding its journal and snapshots.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    dir: PathBuf,
+    reactor: ReactorConfig,
+    journal: JournalConfig,
+    ring_size: usize,
+    wait: WaitStrategy,
+    snapshot_every: u64,
+    cores: [Option<usize>; 4],
+    topology: Option<Topology>,
+    allow_oversubscription: bool,
+    on_failure: OnFailure,
+    stop_timeout: Duration,
+}
+
+impl Pipeline {
+    /// A pipeline keeping its journal in `DIR/journal` and snapshots in `DIR/snapshots`,
+    /// listening on `127.0.0.1` on a free port, with frames of up to 256 payload bytes,
+    /// rings of 4096 slots, the phased wait strategy (spin, yield, park: fast under load,
+    /// idle when idle), journal segments of 64 MiB pre-touched in the background, and no
+    /// periodic snapshots.
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        let mut reactor = ReactorConfig::with_addr(SocketAddr::from(([127, 0, 0, 1], 0)));
+        reactor.max_frame = HEADER_LEN + 256;
+        Self {
+            dir: dir.as_ref().to_path_buf(),
+            reactor,
+            journal: JournalConfig::default()
+                .segment_size(64 << 20)
+                .pretouch(true),
+            ring_size: 4096,
+            wait: WaitStrategy::phased(),
+            snapshot_every: 0,
+            cores: [None; 4],
+            topology: None,
+            allow_oversubscription: false,
+            on_failure: OnFailure::Halt,
+            stop_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Listens on `addr` (port 0 picks a free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.reactor.addr = addr;
+        self
+    }
+
+    /// The largest payload a frame may carry; a longer frame closes its connection.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.reactor.max_frame = HEADER_LEN + bytes;
+        self
+    }
+
+    /// Replaces the reactor's settings (backend, limits, timeouts, busy polling); the
+    /// frame limit there sets the payload limit.
+    pub fn reactor(mut self, config: ReactorConfig) -> Self {
+        self.reactor = config;
+        self
+    }
+
+    /// Replaces the journal's settings (segment size, durability, pre-touching).
+    pub fn journal(mut self, config: JournalConfig) -> Self {
+        self.journal = config;
+        self
+    }
+
+    /// Slots in each ring (a power of two).
+    pub fn ring_size(mut self, slots: usize) -> Self {
+        self.ring_size = slots;
+        self
+    }
+
+    /// The stages' wait strategy. A busy-spinning one needs a core per stage: the
+    /// placement refuses it where the machine has too few, unless
+    /// [`allow_oversubscription`](Self::allow_oversubscription).
+    pub fn wait_strategy(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Saves a snapshot every `n` applied commands (0, the default: only on request).
+    pub fn snapshot_every(mut self, n: u64) -> Self {
+        self.snapshot_every = n;
+        self
+    }
+
+    /// Pins `role` to `core`, overriding placement.
+    pub fn core(mut self, role: Role, core: usize) -> Self {
+        self.cores[role as usize] = Some(core);
+        self
+    }
+
+    /// Places on this topology instead of the machine's (for tests and for planning).
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.topology = Some(topology);
+        self
+    }
+
+    /// Allows more busy-spinning threads than usable cores.
+    pub fn allow_oversubscription(mut self, allow: bool) -> Self {
+        self.allow_oversubscription = allow;
+        self
+    }
+
+    /// What the decode and logic stages do when `decode` or `apply` panics.
+    pub fn on_failure(mut self, policy: OnFailure) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// How long [`Running::stop`] waits for the pipeline to drain (30 s by default).
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The placement plan this pipeline would use: a core (or `None`: left to the
+    /// scheduler) for the reactor, journal, decode and logic threads, in that order.
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineError::Topology`] when the machine's topology cannot be read,
+    /// [`PipelineError::Placement`] when the plan is refused.
+    pub fn plan(&self) -> Result<[Option<usize>; 4], PipelineError> {
+        let topology = match &self.topology {
+            Some(t) => t.clone(),
+            None => Topology::detect()?,
+        };
+        let busy = self.wait.is_busy();
+        let need = |role: Role, after: &[usize], busy: bool| StageNeed {
+            name: ROLES[role as usize].into(),
+            after: after.to_vec(),
+            busy,
+            core: self.cores[role as usize],
+        };
+        // The reactor blocks in the kernel (or busy-polls by its own setting).
+        let plan = place(
+            &topology,
+            &[
+                need(Role::Reactor, &[], self.reactor.busy_poll.is_some()),
+                need(Role::Journal, &[0], busy),
+                need(Role::Decode, &[0], busy),
+                need(Role::Logic, &[1, 2], busy),
+            ],
+            self.allow_oversubscription,
+        )?;
+        Ok([plan[0], plan[1], plan[2], plan[3]])
+    }
+
+    /// Rebuilds the state as [`start`](Self::start) would, without starting anything: the
+    /// newest snapshot (or `initial()`), then the journal replayed through
+    /// [`Logic::decode`] and [`Logic::apply`]. For replay tools and for checking what a
+    /// restart would see; it takes no lock, so it may run while the pipeline appends.
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineError::Snapshots`] or [`PipelineError::Recover`].
+    pub fn recover<L: Logic>(
+        &self,
+        initial: impl FnOnce() -> L,
+    ) -> Result<Recovered<L>, PipelineError> {
+        let snapshots =
+            SnapshotStore::open(self.dir.join("snapshots")).map_err(PipelineError::Snapshots)?;
+        Ok(replay_into(&self.dir.join("journal"), &snapshots, initial)?)
+    }
+
+    /// Recovers the state (newest snapshot, then the journal replayed through
+    /// [`Logic::decode`] and [`Logic::apply`]), starts the stages and then the network.
+    /// `initial` makes the state when there is no snapshot.
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineError`]: recovery, the journal, the snapshot directory, placement, the
+    /// rings or the reactor failed; nothing is left running.
+    pub fn start<L: Logic>(self, initial: impl FnOnce() -> L) -> Result<Running<L>, PipelineError> {
+        let journal_dir = self.dir.join("journal");
+        let snapshots =
+            SnapshotStore::open(self.dir.join("snapshots")).map_err(PipelineError::Snapshots)?;
+        let started = Instant::now();
+        let recovered = replay_into(&journal_dir, &snapshots, initial)?;
+        let recovery = Recovery {
+            snapshot: recovered.snapshot,
+            replayed: recovered.replayed,
+            next_sequence: recovered.next_sequence,
+            elapsed: started.elapsed(),
+        };
+        let (appender, _) = Appender::open(&journal_dir, self.journal.clone())?;
+        if appender.next_sequence() != recovered.next_sequence {
+            return Err(PipelineError::Inconsistent {
+                journal: appender.next_sequence(),
+                recovered: recovered.next_sequence,
+            });
+        }
+        let plan = self.plan()?;
+
+        let epoch = Instant::now();
+        let mut reactor_config = self.reactor.clone();
+        if reactor_config.pin.is_none() {
+            reactor_config.pin = plan[Role::Reactor as usize];
+        }
+        let payload = reactor_config.max_frame.saturating_sub(HEADER_LEN);
+        let reactor = Reactor::with_codec(reactor_config, WireCodec::<L::Command>::new(epoch))?;
+        let addr = reactor.local_addr();
+        let backend = reactor.backend();
+
+        let mut out = single_producer(self.ring_size, Outbound::default)?.wait_strategy(self.wait);
+        let egress_id = out.poller("egress").add()?;
+        let (out_producer, mut out_ring) = out.build()?;
+        let egress_poller = out_ring
+            .take_poller(egress_id)
+            .expect("the poller was added to this ring");
+
+        let metrics = Metrics::new();
+        let undelivered = metrics.counter(
+            "pipeline_replies_undelivered",
+            "Replies the output ring refused because the pipeline was stopping.",
+        );
+        let snapshots_taken =
+            metrics.counter("pipeline_snapshots", "Snapshots saved by the logic stage.");
+        let snapshot_failures = metrics.counter(
+            "pipeline_snapshot_failures",
+            "Snapshots the logic stage failed to save.",
+        );
+        let skipped = metrics.counter(
+            "pipeline_commands_skipped",
+            "Commands the logic stage skipped because their decode failed.",
+        );
+
+        let mut input =
+            single_producer(self.ring_size, move || Inbound::<L::Command>::new(payload))?
+                .wait_strategy(self.wait);
+        let policy = || match self.on_failure {
+            OnFailure::Halt => FailurePolicy::Halt,
+            OnFailure::Skip => FailurePolicy::LogAndContinue,
+        };
+        fn pinned<E: Send + Sync + 'static>(
+            b: StageBuilder<'_, E, Single>,
+            core: Option<usize>,
+        ) -> StageBuilder<'_, E, Single> {
+            match core {
+                Some(c) => b.pin(c),
+                None => b,
+            }
+        }
+        let journal = pinned(
+            input.try_stage(
+                "journal",
+                JournalStage::new(appender, |e: &Inbound<L::Command>, out: &mut Vec<u8>| {
+                    out.extend_from_slice(&e.payload)
+                }),
+            ),
+            plan[Role::Journal as usize],
+        )
+        .add()?;
+        let decode = pinned(
+            input
+                .stage(
+                    "decode",
+                    |e: &Inbound<L::Command>, sequence: u64, _: bool| {
+                        let command = L::decode(&e.payload);
+                        // SAFETY: this is the only stage that writes `decoded`, and it runs on one
+                        // thread; the journal never touches it; the logic stage reads it only
+                        // after acquiring this stage's sequence past `sequence` (it is gated on
+                        // this stage), and the producer reuses the slot only after the logic
+                        // stage has passed it. So no other access to this slot's `decoded`
+                        // overlaps this write.
+                        unsafe {
+                            *e.decoded.get() = Decoded {
+                                sequence: sequence + 1,
+                                command,
+                            }
+                        };
+                    },
+                )
+                .on_failure(policy()),
+            plan[Role::Decode as usize],
+        )
+        .add()?;
+        let (done, state_rx) = mpsc::channel();
+        let snapshot_request = Arc::new(AtomicBool::new(false));
+        let logic = LogicStage {
+            logic: Some(recovered.state),
+            egress: reactor.egress(out_producer),
+            snapshots,
+            snapshot_every: self.snapshot_every,
+            snapshot_request: Arc::clone(&snapshot_request),
+            base: recovered.next_sequence,
+            done,
+            epoch,
+            latency: metrics.latency("pipeline_ingress_to_logic"),
+            undelivered,
+            snapshots_taken,
+            snapshot_failures,
+            skipped,
+        };
+        pinned(
+            input
+                .stage("logic", logic)
+                .after(&[journal, decode])
+                .on_failure(policy()),
+            plan[Role::Logic as usize],
+        )
+        .add()?;
+        let (in_producer, in_ring) = input.build()?;
+        let (in_ring, out_ring) = (Arc::new(in_ring), Arc::new(out_ring));
+        let r = Arc::clone(&in_ring);
+        metrics.watch_ring("input", move || r.telemetry());
+        let r = Arc::clone(&out_ring);
+        metrics.watch_ring("output", move || r.telemetry());
+        let reactor = reactor.spawn(in_producer, Some(egress_poller))?;
+        Ok(Running {
+            reactor: Some(reactor),
+            state: state_rx,
+            metrics,
+            addr,
+            backend,
+            plan,
+            recovery,
+            snapshot_request,
+            input: in_ring,
+            output: out_ring,
+            stop_timeout: self.stop_timeout,
+        })
+    }
+}
+
+fn replay_into<L: Logic>(
+    journal: &Path,
+    snapshots: &SnapshotStore,
+    initial: impl FnOnce() -> L,
+) -> Result<Recovered<L>, RecoverError> {
+    let mut reply = Reply::replay();
+    recover(journal, snapshots, initial, |state: &mut L, _, payload| {
+        state.apply(&L::decode(payload), &mut reply)
+    })
+}
+
+/// What recovery did when a pipeline started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// The snapshot loaded, by its next sequence.
+    pub snapshot: Option<u64>,
+    /// Journal records replayed after it.
+    pub replayed: u64,
+    /// The journal sequence the first live command gets.
+    pub next_sequence: u64,
+    /// Time spent loading and replaying.
+    pub elapsed: Duration,
+}
+
+/// A started pipeline. Dropping it stops it as [`stop`](Self::stop) does, discarding the
+/// state.
+pub struct Running<L: Logic> {
+    reactor: Option<ReactorHandle>,
+    state: mpsc::Receiver<L>,
+    metrics: Metrics,
+    addr: SocketAddr,
+    backend: BackendKind,
+    plan: [Option<usize>; 4],
+    recovery: Recovery,
+    snapshot_request: Arc<AtomicBool>,
+    input: Arc<Ring<Inbound<L::Command>, Single>>,
+    output: Arc<Ring<Outbound, Single>>,
+    stop_timeout: Duration,
+}
+
+impl<L: Logic> fmt::Debug for Running<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("addr", &self.addr)
+            .field("backend", &self.backend)
+            .field("plan", &self.plan)
+            .field("recovery", &self.recovery)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Running::stop`] hands back.
+#[derive(Debug)]
+pub struct Stopped<L> {
+    /// The state after the last command applied.
+    pub state: L,
+    /// The pipeline's metrics, final (render them, or print [`Metrics::summary`]).
+    pub metrics: Metrics,
+    /// The stage failure that halted the pipeline, if one did: `(stage, failure)`.
+    pub failure: Option<(String, String)>,
+}
+
+impl<L: Logic> Running<L> {
+    /// The address the pipeline listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The reactor's backend (io_uring, or mio where io_uring is unavailable).
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// The cores of the reactor, journal, decode and logic threads (`None`: left to the
+    /// scheduler).
+    pub fn plan(&self) -> [Option<usize>; 4] {
+        self.plan
+    }
+
+    /// What recovery did before the network opened.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
+    }
+
+    /// The pipeline's metrics: per-ring telemetry, the ingress-to-logic latency, counters.
+    /// Serve them with [`Metrics::serve`].
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The input ring's telemetry (journal, decode and logic stages).
+    pub fn input_telemetry(&self) -> Telemetry {
+        self.input.telemetry()
+    }
+
+    /// The stage failure that halted the pipeline, if one did: `(stage, failure)`.
+    /// A halted pipeline applies nothing more; stop it and restart from the journal.
+    pub fn failure(&self) -> Option<(String, String)> {
+        self.input.failure()
+    }
+
+    /// Asks the logic stage to save a snapshot at the end of its current batch (counted
+    /// in `pipeline_snapshots` once saved).
+    pub fn request_snapshot(&self) {
+        self.snapshot_request.store(true, Ordering::Release);
+    }
+
+    /// Stops the network, lets every command received so far pass the journal and the
+    /// logic (drain), makes the journal durable, and hands back the state.
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineError::Reactor`] if the event loop had failed;
+    /// [`PipelineError::StopTimeout`] if the logic stage does not finish in time.
+    pub fn stop(mut self) -> Result<Stopped<L>, PipelineError> {
+        let reactor = self.reactor.take();
+        let stopped = reactor.map(ReactorHandle::shutdown).unwrap_or(Ok(()));
+        let state = self
+            .state
+            .recv_timeout(self.stop_timeout)
+            .map_err(|_| PipelineError::StopTimeout(self.stop_timeout))?;
+        stopped?;
+        self.input.join();
+        self.output.halt();
+        Ok(Stopped {
+            state,
+            metrics: self.metrics.clone(),
+            failure: self.input.failure(),
+        })
+    }
+}
+
+impl<L: Logic> Drop for Running<L> {
+    fn drop(&mut self) {
+        if let Some(reactor) = self.reactor.take() {
+            if let Err(e) = reactor.shutdown() {
+                tracing::error!(error = %e, "the pipeline's event loop failed");
+            }
+        }
+    }
+}
+
+/// The slot of the input ring: a frame as received, and its decoded command.
+struct Inbound<C> {
+    conn: ConnId,
+    /// When the reactor decoded the frame (nanoseconds since the pipeline's epoch).
+    received: u64,
+    payload: Vec<u8>,
+    /// Written by the decode stage only, read by the logic stage only (see the SAFETY
+    /// comments at both places).
+    decoded: UnsafeCell<Decoded<C>>,
+}
+
+/// A command tagged with the ring sequence it was decoded for, plus one (0: never
+/// decoded), so the logic stage can tell a command whose decode failed (and was skipped
+/// by the failure policy) from a stale one left in the slot by an earlier lap.
+#[derive(Default)]
+struct Decoded<C> {
+    sequence: u64,
+    command: C,
+}
+
+impl<C: Default> Inbound<C> {
+    fn new(payload: usize) -> Self {
+        Self {
+            conn: ConnId::NONE,
+            received: 0,
+            payload: Vec::with_capacity(payload),
+            decoded: UnsafeCell::new(Decoded::default()),
+        }
+    }
+}
+
+// SAFETY: the plain fields are only written through `&mut Inbound` (the producer's claim,
+// exclusive by the ring's protocol) and read through `&Inbound`. `decoded` is written
+// through the shared reference by exactly one thread, the decode stage, and read only by
+// the logic stage after the ring's barrier orders that write before the read (the logic
+// stage is gated on the decode stage, whose sequence is published with Release and
+// acquired by the logic stage's barrier); the next write to the same slot happens only
+// after the producer has observed the logic stage past it. No type outside this module
+// can reach `decoded`. `C: Send + Sync` lets the command move from the decode thread to
+// the logic thread and be read there.
+unsafe impl<C: Send + Sync> Sync for Inbound<C> {}
+
+/// The slot of the output ring: one reply frame's payload and its connection.
+#[derive(Debug, Default)]
+struct Outbound {
+    conn: ConnId,
+    bytes: Vec<u8>,
+}
+
+/// Length-prefixed frames into [`Inbound`] slots; [`Outbound`] replies as frames.
+struct WireCodec<C> {
+    epoch: Instant,
+    command: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C> WireCodec<C> {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            command: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<C: Default + Send + Sync + 'static> Codec for WireCodec<C> {
+    type In = Inbound<C>;
+    type Out = Outbound;
+
+    #[inline]
+    fn frame_len(&mut self, buf: &[u8], max_frame: usize) -> Result<Option<usize>, FrameError> {
+        LengthPrefixed.frame_len(buf, max_frame)
+    }
+
+    #[inline]
+    fn decode(&mut self, conn: ConnId, frame: &[u8], slot: &mut Inbound<C>) {
+        slot.conn = conn;
+        slot.received = self.epoch.elapsed().as_nanos() as u64;
+        slot.payload.clear();
+        slot.payload.extend_from_slice(&frame[HEADER_LEN..]);
+    }
+
+    #[inline]
+    fn destination(&self, event: &Outbound) -> ConnId {
+        event.conn
+    }
+
+    #[inline]
+    fn encode(&mut self, event: &Outbound, out: &mut Vec<u8>) {
+        LengthPrefixed::write_frame(&event.bytes, out);
+    }
+}
+
+/// The business-logic stage: applies each decoded command, takes snapshots, and hands
+/// the state back when the ring drains.
+struct LogicStage<L: Logic> {
+    logic: Option<L>,
+    egress: Egress<Outbound, Single>,
+    snapshots: SnapshotStore,
+    snapshot_every: u64,
+    snapshot_request: Arc<AtomicBool>,
+    /// Journal sequence of ring sequence 0 (the journal continues across restarts).
+    base: u64,
+    done: mpsc::Sender<L>,
+    epoch: Instant,
+    latency: LatencyRecorder,
+    undelivered: Counter,
+    snapshots_taken: Counter,
+    snapshot_failures: Counter,
+    skipped: Counter,
+}
+
+impl<L: Logic> LogicStage<L> {
+    fn snapshot(&mut self, next_sequence: u64) {
+        let Some(logic) = &self.logic else { return };
+        match self.snapshots.save(next_sequence, logic) {
+            Ok(_) => self.snapshots_taken.add(1),
+            Err(e) => {
+                self.snapshot_failures.add(1);
+                tracing::error!(error = %e, next_sequence, "snapshot failed");
+            }
+        }
+    }
+}
+
+impl<L: Logic> EventHandler<Inbound<L::Command>> for LogicStage<L> {
+    fn on_event(&mut self, e: &Inbound<L::Command>, sequence: u64, end_of_batch: bool) {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        self.latency.record_nanos(now.saturating_sub(e.received));
+        // SAFETY: the decode stage's write of this slot's `decoded` happened before this
+        // read (this stage is gated on the decode stage and acquired its sequence past
+        // `sequence`), and the decode stage writes this slot again only after the
+        // producer reuses it, which waits for this stage to pass `sequence`. So nothing
+        // writes `decoded` while this shared borrow lives.
+        let decoded = unsafe { &*e.decoded.get() };
+        let applied = self.base + sequence + 1;
+        if decoded.sequence == sequence + 1 {
+            let mut reply = Reply {
+                egress: Some(&mut self.egress),
+                origin: e.conn,
+                undelivered: Some(&self.undelivered),
+            };
+            if let Some(logic) = self.logic.as_mut() {
+                logic.apply(&decoded.command, &mut reply);
+            }
+        } else {
+            // The decode of this command failed and its policy skipped it.
+            self.skipped.add(1);
+        }
+        if self.snapshot_every > 0 && applied % self.snapshot_every == 0 {
+            self.snapshot(applied);
+        }
+        if end_of_batch && self.snapshot_request.swap(false, Ordering::AcqRel) {
+            self.snapshot(applied);
+        }
+    }
+
+    fn on_shutdown(&mut self) {
+        if let Some(logic) = self.logic.take() {
+            // The receiver is gone only if `Running` was dropped without `stop`.
+            let _ = self.done.send(logic);
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The LMAX pipeline end to end over loopback: replies in order per connection, recovery
+//! by replay and from snapshots, failure policies, placement, and a journal that lost
+//! records.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use peregrine::journaled::Snapshot;
+use peregrine::pipeline::{Logic, OnFailure, Pipeline, PipelineError, Reply, Role};
+use peregrine::placement::{PlacementError, Topology};
+use peregrine::ring::{BoxError, WaitStrategy};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("peregrine-pipe-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Balances of 16 accounts. A command is `[account, delta i64 LE]` (9 bytes); anything
+/// else is rejected. Replies: `[0, balance i64 LE]` or `[1]` for a reject.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Ledger {
+    balances: [i64; 16],
+    applied: u64,
+    rejected: u64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+enum Command {
+    #[default]
+    Invalid,
+    Add(usize, i64),
+}
+
+impl Snapshot for Ledger {
+    fn save(&self, out: &mut Vec<u8>) {
+        for b in self.balances {
+            out.extend_from_slice(&b.to_le_bytes());
+        }
+        out.extend_from_slice(&self.applied.to_le_bytes());
+        out.extend_from_slice(&self.rejected.to_le_bytes());
+    }
+    fn load(bytes: &[u8]) -> Result<Self, BoxError> {
+        if bytes.len() != 18 * 8 {
+            return Err("not a ledger snapshot".into());
+        }
+        let word = |i: usize| i64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
+        let mut l = Ledger::default();
+        for (i, b) in l.balances.iter_mut().enumerate() {
+            *b = word(i);
+        }
+        l.applied = word(16) as u64;
+        l.rejected = word(17) as u64;
+        Ok(l)
+    }
+}
+
+impl Logic for Ledger {
+    type Command = Command;
+
+    fn decode(payload: &[u8]) -> Command {
+        if payload == b"panic in decode" {
+            panic!("decode refused the command");
+        }
+        match payload {
+            [account, delta @ ..] if delta.len() == 8 && (*account as usize) < 16 => Command::Add(
+                *account as usize,
+                i64::from_le_bytes(delta.try_into().unwrap()),
+            ),
+            _ => Command::Invalid,
+        }
+    }
+
+    fn apply(&mut self, command: &Command, reply: &mut Reply<'_>) {
+        match *command {
+            Command::Add(account, delta) => {
+                if delta == i64::MIN {
+                    panic!("apply refused the command");
+                }
+                self.balances[account] += delta;
+                self.applied += 1;
+                let balance = self.balances[account];
+                reply.send(|out| {
+                    out.push(0);
+                    out.extend_from_slice(&balance.to_le_bytes());
+                });
+            }
+            Command::Invalid => {
+                self.rejected += 1;
+                reply.send(|out| out.push(1));
+            }
+        }
+    }
+}
+
+fn add(account: u8, delta: i64) -> Vec<u8> {
+    let mut payload = vec![account];
+    payload.extend_from_slice(&delta.to_le_bytes());
+    payload
+}
+
+struct Client(TcpStream);
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client(s)
+    }
+    fn send(&mut self, payload: &[u8]) {
+        self.0
+            .write_all(&(payload.len() as u32).to_le_bytes())
+            .unwrap();
+        self.0.write_all(payload).unwrap();
+    }
+    fn recv(&mut self) -> Vec<u8> {
+        let mut header = [0u8; 4];
+        self.0.read_exact(&mut header).expect("reply header");
+        let mut body = vec![0u8; u32::from_le_bytes(header) as usize];
+        self.0.read_exact(&mut body).expect("reply body");
+        body
+    }
+}
+
+fn pipeline(dir: &PathBuf) -> Pipeline {
+    // Blocking waits: the tests run on two cores next to other tests.
+    Pipeline::new(dir).wait_strategy(WaitStrategy::blocking())
+}
+
+#[test]
+fn replies_come_back_in_order_per_connection_and_a_restart_replays_the_journal() {
+    let dir = temp("order");
+    let running = pipeline(&dir).start(Ledger::default).unwrap();
+    assert_eq!(running.recovery().replayed, 0);
+    let addr = running.local_addr();
+    // Each client owns one account, so its running balance is known in advance.
+    let clients: Vec<_> = (0..4u8)
+        .map(|account| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut expected = 0i64;
+                for i in 1..=2_000i64 {
+                    let delta = if i % 3 == 0 { -i } else { i };
+                    c.send(&add(account, delta));
+                    expected += delta;
+                    // Pipelined: read a reply every few commands.
+                    if i % 8 == 0 {
+                        for _ in 0..8 {
+                            assert_eq!(c.recv()[0], 0);
+                        }
+                    }
+                }
+                c.send(b"garbage");
+                assert_eq!(c.recv(), vec![1], "garbage is answered with a reject");
+                c.send(&add(account, 0));
+                let last = c.recv();
+                assert_eq!(last[0], 0);
+                assert_eq!(i64::from_le_bytes(last[1..].try_into().unwrap()), expected);
+                expected
+            })
+        })
+        .collect();
+    let expected: Vec<i64> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    let stopped = running.stop().unwrap();
+    assert!(stopped.failure.is_none());
+    assert_eq!(&stopped.state.balances[..4], &expected[..]);
+    assert_eq!(stopped.state.applied, 4 * 2_001);
+    assert_eq!(stopped.state.rejected, 4);
+    assert!(stopped
+        .metrics
+        .render()
+        .contains("pipeline_ingress_to_logic"));
+
+    let again = pipeline(&dir).start(Ledger::default).unwrap();
+    let recovery = again.recovery();
+    assert_eq!((recovery.snapshot, recovery.replayed), (None, 4 * 2_002));
+    assert_eq!(recovery.next_sequence, 4 * 2_002);
+    // Live commands continue the journal after the replayed ones.
+    let mut c = Client::connect(again.local_addr());
+    c.send(&add(0, 1));
+    assert_eq!(
+        i64::from_le_bytes(c.recv()[1..].try_into().unwrap()),
+        expected[0] + 1
+    );
+    let state = again.stop().unwrap().state;
+    assert_eq!(state.balances[0], expected[0] + 1);
+    assert_eq!(state.applied, stopped.state.applied + 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn snapshots_bound_the_replay_and_on_demand_snapshots_are_taken() {
+    let dir = temp("snap");
+    let running = pipeline(&dir)
+        .snapshot_every(100)
+        .start(Ledger::default)
+        .unwrap();
+    let mut c = Client::connect(running.local_addr());
+    for i in 0..250 {
+        c.send(&add(1, i));
+        c.recv();
+    }
+    running.request_snapshot();
+    // The request is served at the end of the next batch.
+    c.send(&add(1, 1000));
+    c.recv();
+    let before = running.stop().unwrap();
+    assert!(
+        before
+            .metrics
+            .render()
+            .contains("pipeline_snapshots_total 3"),
+        "{}",
+        before.metrics.render()
+    );
+
+    let again = pipeline(&dir).start(Ledger::default).unwrap();
+    let r = again.recovery();
+    // The request is served at the end of the batch running when it arrives: the one of
+    // the 250th command (whose reply may already be out) or of the 251st.
+    let at = r.snapshot.expect("a snapshot");
+    assert!(
+        at == 250 || at == 251,
+        "the on-demand snapshot is the newest: {at}"
+    );
+    assert_eq!(r.replayed, 251 - at);
+    assert_eq!(again.stop().unwrap().state, before.state);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_failed_decode_is_skipped_under_the_skip_policy_and_the_rest_applied() {
+    let dir = temp("skip");
+    let running = pipeline(&dir)
+        .on_failure(OnFailure::Skip)
+        .start(Ledger::default)
+        .unwrap();
+    let mut c = Client::connect(running.local_addr());
+    c.send(&add(2, 5));
+    c.send(b"panic in decode");
+    c.send(&add(2, 7));
+    assert_eq!(i64::from_le_bytes(c.recv()[1..].try_into().unwrap()), 5);
+    // The panicking command gets no reply; the next one is applied.
+    assert_eq!(i64::from_le_bytes(c.recv()[1..].try_into().unwrap()), 12);
+    assert!(running.failure().is_none());
+    let stopped = running.stop().unwrap();
+    assert_eq!(stopped.state.balances[2], 12);
+    assert!(stopped
+        .metrics
+        .render()
+        .contains("pipeline_commands_skipped_total 1"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_panic_in_the_logic_halts_the_pipeline_and_says_where() {
+    let dir = temp("halt");
+    let running = pipeline(&dir).start(Ledger::default).unwrap();
+    let mut c = Client::connect(running.local_addr());
+    c.send(&add(3, 1));
+    c.recv();
+    c.send(&add(3, i64::MIN));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let failure = loop {
+        if let Some(f) = running.failure() {
+            break f;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failure reported");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(failure.0, "logic");
+    assert!(
+        failure.1.contains("apply refused the command"),
+        "{failure:?}"
+    );
+    let stopped = running.stop().unwrap();
+    assert_eq!(stopped.state.balances[3], 1);
+    assert_eq!(stopped.failure.map(|f| f.0).as_deref(), Some("logic"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_journal_behind_the_newest_snapshot_is_refused() {
+    let dir = temp("behind");
+    let running = pipeline(&dir).start(Ledger::default).unwrap();
+    let mut c = Client::connect(running.local_addr());
+    c.send(&add(0, 1));
+    c.recv();
+    running.request_snapshot();
+    c.send(&add(0, 1));
+    c.recv();
+    running.stop().unwrap();
+    std::fs::remove_dir_all(dir.join("journal")).unwrap();
+    match pipeline(&dir).start(Ledger::default) {
+        Err(PipelineError::Inconsistent { journal, recovered }) => {
+            assert_eq!(journal, 0);
+            assert!(recovered == 1 || recovered == 2, "{recovered}");
+        }
+        other => panic!("expected Inconsistent, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn placement_keeps_the_pipeline_in_one_cache_and_refuses_busy_oversubscription() {
+    let eight = Topology {
+        online: (0..8).collect(),
+        allowed: (0..8).collect(),
+        cache_groups: vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]],
+    };
+    let plan = Pipeline::new("unused")
+        .topology(eight.clone())
+        .plan()
+        .unwrap();
+    let cores: Vec<usize> = plan.iter().map(|c| c.expect("a core each")).collect();
+    let group = |c: usize| c / 4;
+    assert!(
+        cores.iter().all(|&c| group(c) == group(cores[0])),
+        "{cores:?}"
+    );
+    let mut distinct = cores.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4);
+
+    let plan = Pipeline::new("unused")
+        .topology(eight.clone())
+        .core(Role::Logic, 6)
+        .plan()
+        .unwrap();
+    assert_eq!(plan[Role::Logic as usize], Some(6));
+
+    let two = Topology {
+        online: vec![0, 1],
+        allowed: vec![0, 1],
+        cache_groups: vec![vec![0, 1]],
+    };
+    let busy = Pipeline::new("unused")
+        .topology(two.clone())
+        .wait_strategy(WaitStrategy::busy_spin());
+    assert!(matches!(
+        busy.plan(),
+        Err(PipelineError::Placement(PlacementError::Oversubscribed {
+            busy: 3,
+            cores: 2
+        }))
+    ));
+    assert!(busy.allow_oversubscription(true).plan().is_ok());
+    assert!(matches!(
+        Pipeline::new("unused")
+            .topology(two)
+            .core(Role::Decode, 5)
+            .plan(),
+        Err(PipelineError::Placement(PlacementError::CoreUnavailable {
+            core: 5,
+            ..
+        }))
+    ));
+}

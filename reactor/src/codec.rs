@@ -72,6 +72,17 @@ pub trait Codec: Send + 'static {
 
     /// Appends the wire form of `event` to `out`.
     fn encode(&mut self, event: &Self::Out, out: &mut Vec<u8>);
+
+    /// A second encoder (a copy of this codec) and an empty egress event, for an
+    /// [`Egress`](crate::Egress) to encode responses on its own thread and write them
+    /// straight to idle connections instead of waking the loop. `None` (the default)
+    /// sends every response through the loop.
+    fn egress_encoder(&self) -> Option<(Self, Self::Out)>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// A frame's payload and its connection: the slot type of [`LengthPrefixed`].
@@ -172,6 +183,10 @@ impl Codec for LengthPrefixed {
     #[inline]
     fn encode(&mut self, event: &Frame, out: &mut Vec<u8>) {
         Self::write_frame(&event.payload, out);
+    }
+
+    fn egress_encoder(&self) -> Option<(Self, Frame)> {
+        Some((LengthPrefixed, Frame::default()))
     }
 }
 

@@ -90,6 +90,11 @@ pub struct Config {
     /// without a wake-up. Costs CPU: give the loop its own core. `None` (default): block
     /// as soon as there is nothing to do.
     pub busy_poll: Option<Duration>,
+    /// Let an [`Egress`](crate::Egress) made by [`Reactor::egress`](crate::Reactor::egress)
+    /// write a response straight to its socket when the loop holds nothing for that
+    /// connection (needs [`Codec::egress_encoder`](crate::Codec::egress_encoder)). Saves
+    /// the loop's wake-up and a hop per response. Default `true`.
+    pub direct_egress: bool,
     /// How often the loop checks timers, throttles and a full ring while idle.
     pub tick: Duration,
     /// io_uring submission queue entries.
@@ -118,6 +123,7 @@ impl Default for Config {
             write_high_water: 1 << 20,
             write_limit: 16 << 20,
             busy_poll: None,
+            direct_egress: true,
             tick: Duration::from_millis(10),
             uring_entries: 1024,
             uring_buffers: 256,

@@ -53,6 +53,8 @@
 //!   sockets --> [reactor thread] --decode--> ingress ring --> stages (logic, journal..)
 //!      ^                                                            |
 //!      +------- [reactor thread] <--poll--- egress ring <--publish--+  (Egress wakes it)
+//!      ^                                                            |
+//!      +------------------ send(2) on the stage's thread -----------+  (idle connection)
 //! ```
 //!
 //! One loop per thread ([`Reactor::spawn`] or [`Reactor::run`] on a thread you own; pin it
@@ -95,21 +97,27 @@
 //!
 //! The loop sleeps in its kernel wait (epoll or `io_uring_enter`) when idle; an
 //! [`Egress`] publish wakes it through an eventfd only while it sleeps (one fence and one
-//! load otherwise; see [`LoopWaker`]). Two hand-offs separate a request from its response
-//! (loop -> stage, stage -> loop); with blocking ring strategies each is a wake-up of a
-//! sleeping thread. Where cores allow it, [`Config::busy_poll`] keeps the loop polling
+//! load otherwise; see [`LoopWaker`]). An [`Egress`] made by [`Reactor::egress`] skips
+//! the way back when it can: if the loop holds nothing for the response's connection, it
+//! writes the response to the socket itself (one non-blocking `send(2)` on the stage's
+//! thread), and only a busy connection or a socket that would block goes through the
+//! egress ring and the loop, in order ([`Config::direct_egress`], [`Codec::egress_encoder`]).
+//! That leaves one hand-off per request (loop -> stage), a wake-up of a sleeping thread
+//! with blocking ring strategies. Where cores allow it, [`Config::busy_poll`] keeps the loop polling
 //! for a while after activity, and a spinning or phased ring strategy keeps the stages
 //! awake, trading CPU for those wake-ups.
 
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_debug_implementations)]
 
+#[macro_use]
+pub(crate) mod sys;
 mod codec;
 mod config;
+mod direct;
 mod error;
 mod reactor;
 mod stats;
-pub(crate) mod sys;
 mod waker;
 
 pub use codec::{Codec, ConnId, Frame, FrameError, LengthPrefixed, HEADER_LEN};
@@ -117,4 +125,4 @@ pub use config::{BackendChoice, Config, RateAction, RateLimit, BACKEND_ENV};
 pub use error::ReactorError;
 pub use reactor::{BackendKind, Reactor, ReactorHandle, Stopper};
 pub use stats::{CloseReason, StatsSnapshot};
-pub use waker::{Egress, LoopWaker};
+pub use waker::{Egress, LoopWaker, WRITTEN_DIRECTLY};

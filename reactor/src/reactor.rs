@@ -21,6 +21,7 @@ use peregrine_ring::{PollState, Poller, Producer, Sequencer, TryPublishError};
 
 use crate::codec::{Codec, ConnId, FrameError, LengthPrefixed};
 use crate::config::{BackendChoice, Config, RateAction};
+use crate::direct::Table;
 use crate::error::ReactorError;
 use crate::stats::{CloseReason, Stats, StatsSnapshot};
 use crate::sys::{self, Backend, Event, ReadOutcome};
@@ -84,6 +85,8 @@ pub struct Reactor<C: Codec = LengthPrefixed> {
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     fallback: Option<String>,
+    /// Shared with the [`Egress`]es that write directly.
+    table: Arc<Table>,
 }
 
 impl<C: Codec> std::fmt::Debug for Reactor<C> {
@@ -154,6 +157,7 @@ impl<C: Codec> Reactor<C> {
             ),
         };
         Ok(Self {
+            table: Arc::new(Table::new(config.max_connections)),
             config,
             codec,
             backend,
@@ -209,9 +213,21 @@ impl<C: Codec> Reactor<C> {
         self.waker.clone()
     }
 
-    /// Pairs an egress ring's producer with this loop's waker.
+    /// Pairs an egress ring's producer with this loop's waker. With
+    /// [`Config::direct_egress`] and a codec that has an
+    /// [`egress_encoder`](Codec::egress_encoder), the egress also writes responses straight
+    /// to idle connections (see [`Egress`]).
     pub fn egress<S: Sequencer>(&self, producer: Producer<C::Out, S>) -> Egress<C::Out, S> {
-        Egress::new(producer, self.waker())
+        let egress = Egress::new(producer, self.waker());
+        match self.codec.egress_encoder() {
+            Some((encoder, scratch)) if self.config.direct_egress => egress.with_direct(
+                Arc::clone(&self.table),
+                Arc::clone(&self.stats),
+                encoder,
+                scratch,
+            ),
+            _ => egress,
+        }
     }
 
     /// A handle that stops [`run`](Self::run) from another thread.
@@ -264,6 +280,8 @@ impl<C: Codec> Reactor<C> {
             blocked: Vec::new(),
             dirty: Vec::new(),
             halted: false,
+            table: self.table,
+            consumed: 0,
             config: self.config,
         };
         let result = event_loop.run();
@@ -458,6 +476,9 @@ struct Conn {
     readable: bool,
     /// In `dirty`.
     dirty: bool,
+    /// This connection is `BUSY` in the direct-write table: the loop holds (or has in
+    /// flight) bytes for it, so publishers send through the ring.
+    busy: bool,
 }
 
 impl Conn {
@@ -518,6 +539,10 @@ struct Loop<C: Codec, SI: Sequencer, SO: Sequencer> {
     /// Connections with encoded responses to flush.
     dirty: Vec<usize>,
     halted: bool,
+    /// Direct egress writes (see [`crate::direct`]).
+    table: Arc<Table>,
+    /// The egress poller position last published to `table`.
+    consumed: u64,
 }
 
 impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
@@ -532,6 +557,7 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
         // Busy polling: after activity, poll without blocking until this instant.
         let mut spin_until: Option<Instant> = None;
         while !self.stop.load(Ordering::Acquire) && !self.halted {
+            self.take_handoffs();
             let mut busy = self.pump_egress();
             busy |= self.retry_blocked();
             self.flush();
@@ -558,7 +584,10 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
                 // The wake protocol (see `waker`): announce the sleep, fence, re-check.
                 self.waker.inner.sleeping.store(true, Ordering::Relaxed);
                 fence(Ordering::SeqCst);
-                if self.pump_egress() || self.stop.load(Ordering::Acquire) {
+                if self.pump_egress()
+                    || self.stop.load(Ordering::Acquire)
+                    || self.table.handoff.load(Ordering::Relaxed)
+                {
                     timeout = Duration::ZERO;
                     self.flush();
                 }
@@ -627,7 +656,8 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
             }
             Event::Sent(idx) => {
                 if let Some(conn) = self.slots.get_mut(idx).and_then(|s| s.conn.as_mut()) {
-                    if !conn.wbuf.is_empty() && !conn.dirty {
+                    // A busy connection may settle now that its send finished.
+                    if (!conn.wbuf.is_empty() || conn.busy) && !conn.dirty {
                         conn.dirty = true;
                         self.dirty.push(idx);
                     }
@@ -653,6 +683,7 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
             self.slots.push(Slot::default());
             self.slots.len() - 1
         });
+        let fd = stream.as_raw_fd();
         if let Err(e) = self.backend.adopt(idx, stream) {
             tracing::warn!(error = %e, "cannot register a connection");
             self.stats.close(CloseReason::Io);
@@ -674,7 +705,9 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
             eof: false,
             readable: false,
             dirty: false,
+            busy: false,
         });
+        self.table.open(idx, slot.generation, fd);
         self.open += 1;
         Stats::add(&self.stats.open, 1);
     }
@@ -684,6 +717,8 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
             return;
         };
         tracing::debug!(conn = conn.id.0, %reason, "closing connection");
+        // No direct write may touch the fd once the backend closes it.
+        self.table.retire(idx);
         self.stats.close(reason);
         self.open -= 1;
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -752,10 +787,13 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
         } else {
             CloseReason::ClosedMidFrame
         };
-        if !conn.wbuf.is_empty() {
+        let mut wbuf = std::mem::take(&mut conn.wbuf);
+        // A tail a publisher spilled goes before what the loop queued.
+        let mut out = self.table.retire(idx);
+        out.append(&mut wbuf);
+        if !out.is_empty() {
             // Try to get queued responses out first; a half-closed peer may still read.
-            let mut wbuf = std::mem::take(&mut conn.wbuf);
-            self.backend.send(idx, &mut wbuf, &mut self.events);
+            self.backend.send(idx, &mut out, &mut self.events);
         }
         self.close(idx, reason);
     }
@@ -770,7 +808,6 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
             return Decoded::Closed;
         };
         let mut spans = [(0usize, 0usize); DECODE_BATCH];
-        let mut frames = 0u64;
         // Why scanning stopped after the frames in `spans`, if not for lack of bytes.
         let mut stop: Option<Stop> = None;
         let outcome = loop {
@@ -826,7 +863,9 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
                             );
                         }
                         conn.rstart = pos;
-                        frames += n as u64;
+                        // Counted before the batch is published: with direct egress a
+                        // response can reach its client before this loop runs again.
+                        Stats::add(&self.stats.frames_in, n as u64);
                     }
                     Err(TryPublishError::Full) => {
                         // Room shrank under us only if another producer shares the ring.
@@ -856,7 +895,6 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
         } else if conn.frame_since.is_none() {
             conn.frame_since = Some(Instant::now());
         }
-        Stats::add(&self.stats.frames_in, frames);
         match stop {
             None => outcome,
             Some(Stop::Full) => {
@@ -962,6 +1000,7 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
             let slots = &mut self.slots;
             let codec = &mut self.codec;
             let dirty = &mut self.dirty;
+            let table = &self.table;
             let mut out = 0u64;
             let mut lost = 0u64;
             let state = poller.poll(|event, _, _| {
@@ -972,6 +1011,11 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
                     .and_then(|s| s.conn.as_mut())
                 {
                     Some(conn) => {
+                        if !conn.busy {
+                            // Before `consumed` moves past this entry (see `direct`).
+                            conn.busy = true;
+                            table.mark_busy(dest.index());
+                        }
                         codec.encode(event, &mut conn.wbuf);
                         if !conn.dirty {
                             conn.dirty = true;
@@ -985,6 +1029,11 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
             Stats::add(&self.stats.frames_out, out);
             if lost > 0 {
                 Stats::add(&self.stats.undeliverable, lost);
+            }
+            let consumed = poller.sequence();
+            if consumed != self.consumed {
+                self.consumed = consumed;
+                self.table.set_consumed(consumed);
             }
             match state {
                 PollState::Events(_) => any = true,
@@ -1005,9 +1054,24 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
                 continue;
             };
             conn.dirty = false;
+            if conn.busy {
+                let mut spill = Vec::new();
+                if !self.table.take_for_send(idx, &mut spill) {
+                    // A publisher is writing; it hands the connection back (`handoff`).
+                    continue;
+                }
+                if !spill.is_empty() {
+                    spill.append(&mut conn.wbuf);
+                    conn.wbuf = spill;
+                }
+            }
             let before = conn.wbuf.len();
             self.backend.send(idx, &mut conn.wbuf, &mut self.events);
             let left = conn.wbuf.len();
+            if conn.busy && left == 0 && self.backend.send_idle(idx) {
+                conn.busy = false;
+                self.table.settle(idx);
+            }
             Stats::add(&self.stats.bytes_out, (before - left) as u64);
             let write_paused = conn.paused & PAUSE_WRITE != 0;
             if left > self.config.write_limit {
@@ -1018,6 +1082,28 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
                 // Regression: resuming only on the backend's `Sent` left a connection
                 // paused forever when the flush that followed emptied its queue.
                 self.unpause(idx, PAUSE_WRITE);
+            }
+        }
+    }
+
+    /// Takes back the connections publishers handed over (a spilled tail, or a write that
+    /// the loop had to wait for) and queues them for a flush.
+    fn take_handoffs(&mut self) {
+        if !self.table.handoff.load(Ordering::Relaxed)
+            || !self.table.handoff.swap(false, Ordering::Acquire)
+        {
+            return;
+        }
+        for idx in 0..self.slots.len() {
+            let Some(conn) = self.slots[idx].conn.as_mut() else {
+                continue;
+            };
+            if conn.busy || self.table.is_busy(idx) {
+                conn.busy = true;
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(idx);
+                }
             }
         }
     }

@@ -88,6 +88,23 @@ pub(crate) struct Stats {
     pub(crate) ring_full: AtomicU64,
     pub(crate) throttled: AtomicU64,
     pub(crate) closed: [AtomicU64; CloseReason::ALL.len()],
+    /// Responses an [`Egress`](crate::Egress) wrote straight to their sockets.
+    pub(crate) direct_frames: Padded,
+    /// Bytes of those responses that the sockets took.
+    pub(crate) direct_bytes: AtomicU64,
+}
+
+/// A counter on its own cache line (with the one after it in [`Stats`]): the publishing
+/// thread updates these while the loop updates the others.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded(AtomicU64);
+
+impl std::ops::Deref for Padded {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
 }
 
 impl Stats {
@@ -107,8 +124,9 @@ impl Stats {
             open: get(&self.open),
             frames_in: get(&self.frames_in),
             bytes_in: get(&self.bytes_in),
-            frames_out: get(&self.frames_out),
-            bytes_out: get(&self.bytes_out),
+            frames_out: get(&self.frames_out) + get(&self.direct_frames),
+            bytes_out: get(&self.bytes_out) + get(&self.direct_bytes),
+            direct_out: get(&self.direct_frames),
             undeliverable: get(&self.undeliverable),
             ring_full: get(&self.ring_full),
             throttled: get(&self.throttled),
@@ -128,8 +146,11 @@ pub struct StatsSnapshot {
     pub frames_in: u64,
     /// Bytes of those frames (headers included).
     pub bytes_in: u64,
-    /// Egress events encoded onto a live connection.
+    /// Egress events encoded onto a live connection (by the loop, or written directly by an
+    /// [`Egress`](crate::Egress)).
     pub frames_out: u64,
+    /// Of `frames_out`, those an [`Egress`](crate::Egress) wrote straight to the socket.
+    pub direct_out: u64,
     /// Bytes handed to the sockets.
     pub bytes_out: u64,
     /// Egress events addressed to a connection that had closed (dropped, and counted here).

@@ -19,6 +19,10 @@ use std::sync::Arc;
 
 use peregrine_ring::{Producer, PublishError, Sequencer, TryPublishError};
 
+use crate::codec::{Codec, ConnId};
+use crate::direct::{Direct, Table};
+use crate::stats::Stats;
+
 #[derive(Debug)]
 pub(crate) struct WakerInner {
     pub(crate) fd: OwnedFd,
@@ -64,55 +68,159 @@ impl LoopWaker {
     }
 }
 
-/// The producer of a loop's egress ring, paired with the loop's waker: every publish
-/// wakes the loop, which then writes the event to its connection.
+/// What [`Egress::publish`] returns for a response written straight to its socket (it
+/// took no ring sequence).
+pub const WRITTEN_DIRECTLY: u64 = u64::MAX;
+
+/// The producer of a loop's egress ring, paired with the loop's waker.
+///
+/// Made by [`Reactor::egress`](crate::Reactor::egress) with a codec that offers an
+/// [`egress_encoder`](crate::Codec::egress_encoder) (as [`LengthPrefixed`](crate::LengthPrefixed)
+/// does) and [`Config::direct_egress`](crate::Config::direct_egress) on, a publish writes
+/// the response straight to its connection's socket from the publishing thread when the
+/// loop holds nothing for that connection: no ring slot, no wake-up of the loop, one
+/// `send(2)`. Otherwise (bytes already queued, a socket that would block, another thread
+/// writing that connection) it publishes into the egress ring and wakes the loop, which
+/// writes it after what it holds. Either way the responses of one connection leave in the
+/// order they were published, and a short direct write hands its tail to the loop.
 pub struct Egress<E, S: Sequencer> {
     producer: Producer<E, S>,
     waker: LoopWaker,
+    direct: Option<DirectPath<E>>,
+}
+
+/// What an [`Egress`] needs to write responses itself.
+struct DirectPath<E> {
+    table: Arc<Table>,
+    stats: Arc<Stats>,
+    encoder: Box<dyn Encode<E>>,
+    /// The response being published: written here first, to learn its destination, and
+    /// swapped into a ring slot when it must go through the ring.
+    scratch: E,
+    /// `scratch` encoded.
+    bytes: Vec<u8>,
+}
+
+/// A codec's egress half, object-safe.
+trait Encode<E>: Send {
+    fn destination(&self, event: &E) -> ConnId;
+    fn encode(&mut self, event: &E, out: &mut Vec<u8>);
+}
+
+impl<C: Codec> Encode<C::Out> for C {
+    fn destination(&self, event: &C::Out) -> ConnId {
+        Codec::destination(self, event)
+    }
+    fn encode(&mut self, event: &C::Out, out: &mut Vec<u8>) {
+        Codec::encode(self, event, out)
+    }
 }
 
 impl<E, S: Sequencer> std::fmt::Debug for Egress<E, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Egress")
             .field("producer", &self.producer)
+            .field("direct", &self.direct.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl<E, S: Sequencer> Egress<E, S> {
     /// Pairs an egress ring's producer with the loop's waker
-    /// ([`Reactor::waker`](crate::Reactor::waker)).
+    /// ([`Reactor::waker`](crate::Reactor::waker)). Every response goes through the ring;
+    /// [`Reactor::egress`](crate::Reactor::egress) also enables direct writes.
     pub fn new(producer: Producer<E, S>, waker: LoopWaker) -> Self {
-        Self { producer, waker }
+        Self {
+            producer,
+            waker,
+            direct: None,
+        }
     }
 
-    /// Writes one response with `write`, publishes it and wakes the loop; waits while the
-    /// egress ring is full.
+    pub(crate) fn with_direct<C: Codec<Out = E>>(
+        mut self,
+        table: Arc<Table>,
+        stats: Arc<Stats>,
+        encoder: C,
+        scratch: E,
+    ) -> Self {
+        self.direct = Some(DirectPath {
+            table,
+            stats,
+            encoder: Box::new(encoder),
+            scratch,
+            bytes: Vec::new(),
+        });
+        self
+    }
+
+    /// Whether this egress writes responses straight to idle connections (see the type's
+    /// docs).
+    pub fn writes_directly(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Writes one response with `write`, then sends it: straight to the socket when the
+    /// connection is idle (see the type's docs), else published into the egress ring
+    /// (waiting while it is full) with the loop woken. Returns the ring sequence, or
+    /// [`WRITTEN_DIRECTLY`].
     ///
     /// # Errors
     ///
-    /// As [`Producer::publish`].
+    /// As [`Producer::publish`]. With direct writes `write` has already run when the ring
+    /// refuses the response.
     #[inline]
     pub fn publish(&mut self, write: impl FnOnce(&mut E)) -> Result<u64, PublishError> {
-        let r = self.producer.publish(write);
-        self.waker.wake();
-        r
+        let Some(direct) = self.direct.as_mut() else {
+            let r = self.producer.publish(write);
+            self.waker.wake();
+            return r;
+        };
+        write(&mut direct.scratch);
+        if let Some(conn) = direct.try_write(&self.waker) {
+            let mut claim = self.producer.claim()?;
+            let sequence = claim.sequence();
+            direct.route(conn, &mut claim, sequence);
+            drop(claim);
+            self.waker.wake();
+            return Ok(sequence);
+        }
+        Ok(WRITTEN_DIRECTLY)
     }
 
     /// As [`publish`](Self::publish), but never waits.
     ///
     /// # Errors
     ///
-    /// As [`Producer::try_publish`].
+    /// As [`Producer::try_publish`]. With direct writes `write` has already run when the
+    /// ring refuses the response.
     #[inline]
     pub fn try_publish(&mut self, write: impl FnOnce(&mut E)) -> Result<u64, TryPublishError> {
-        let r = self.producer.try_publish(write);
-        self.waker.wake();
-        r
+        let Some(direct) = self.direct.as_mut() else {
+            let r = self.producer.try_publish(write);
+            self.waker.wake();
+            return r;
+        };
+        write(&mut direct.scratch);
+        if let Some(conn) = direct.try_write(&self.waker) {
+            let mut claim = self.producer.try_claim()?;
+            let sequence = claim.sequence();
+            direct.route(conn, &mut claim, sequence);
+            drop(claim);
+            self.waker.wake();
+            return Ok(sequence);
+        }
+        Ok(WRITTEN_DIRECTLY)
     }
 
     /// The producer, for batch claims; call [`wake`](Self::wake) after publishing.
+    ///
+    /// Entries published this way carry no per-connection mark, so from the first call
+    /// on every response of this loop goes through the ring (direct writes stop).
     pub fn producer(&mut self) -> &mut Producer<E, S> {
+        if let Some(direct) = &self.direct {
+            direct.table.disable();
+        }
         &mut self.producer
     }
 
@@ -120,5 +228,38 @@ impl<E, S: Sequencer> Egress<E, S> {
     #[inline]
     pub fn wake(&self) {
         self.waker.wake();
+    }
+}
+
+impl<E> DirectPath<E> {
+    /// Writes `scratch` to its connection if it is idle; `Some(conn)` if it must go through
+    /// the ring instead.
+    #[inline]
+    fn try_write(&mut self, waker: &LoopWaker) -> Option<ConnId> {
+        let conn = self.encoder.destination(&self.scratch);
+        if !self.table.idle(conn) {
+            return Some(conn);
+        }
+        self.bytes.clear();
+        self.encoder.encode(&self.scratch, &mut self.bytes);
+        let mut wake = false;
+        match self.table.write(conn, &self.bytes, &mut wake) {
+            Direct::Written(n) => {
+                Stats::add(&self.stats.direct_frames, 1);
+                Stats::add(&self.stats.direct_bytes, n as u64);
+                if wake {
+                    waker.wake();
+                }
+                None
+            }
+            Direct::Route => Some(conn),
+        }
+    }
+
+    /// Moves `scratch` into the claimed `slot` at `sequence`, marked as routed for `conn`.
+    #[inline]
+    fn route(&mut self, conn: ConnId, slot: &mut E, sequence: u64) {
+        self.table.routed(conn, sequence);
+        std::mem::swap(slot, &mut self.scratch);
     }
 }

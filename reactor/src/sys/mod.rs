@@ -160,6 +160,16 @@ impl Backend {
         dispatch!(self, b => b.send(idx, pending, events))
     }
 
+    /// Whether no send of connection `idx` is in flight in the kernel (a readiness backend
+    /// sends synchronously: always).
+    pub(crate) fn send_idle(&self, idx: usize) -> bool {
+        match self {
+            Backend::Epoll(_) => true,
+            #[cfg(target_os = "linux")]
+            Backend::Uring(b) => b.send_idle(idx),
+        }
+    }
+
     pub(crate) fn close(&mut self, idx: usize) -> bool {
         dispatch!(self, b => b.close(idx))
     }

@@ -461,6 +461,13 @@ impl Uring {
         self.submit_send(idx);
     }
 
+    pub(crate) fn send_idle(&self, idx: usize) -> bool {
+        self.conns
+            .get(idx)
+            .and_then(Option::as_ref)
+            .is_none_or(|c| !c.send_armed)
+    }
+
     fn submit_send(&mut self, idx: usize) {
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return;

@@ -33,11 +33,12 @@ use peregrine_ring::{single_producer, Poller, Single, WaitStrategy};
 const PAYLOAD: usize = 16;
 const RING: usize = 4096;
 
-/// The wait strategy of the bench rings: `PEREGRINE_BENCH_WAIT=phased|blocking`
+/// The wait strategy of the bench rings: `PEREGRINE_BENCH_WAIT=phased|yielding|blocking`
 /// (default blocking: on a 2-core machine spinning stages steal the loop's core).
 fn strategy() -> WaitStrategy {
     match std::env::var("PEREGRINE_BENCH_WAIT").as_deref() {
         Ok("phased") => WaitStrategy::phased(),
+        Ok("yielding") => WaitStrategy::yielding(),
         _ => WaitStrategy::blocking(),
     }
 }
@@ -81,7 +82,13 @@ impl Drop for Peregrine {
 
 /// The busy-poll budget of the `+busy-poll` rows: the loop keeps polling this long
 /// after activity instead of sleeping (costs CPU; see `Config::busy_poll`).
-const BUSY_POLL: Duration = Duration::from_micros(20);
+/// `PEREGRINE_BENCH_BUSY_POLL_US` overrides it.
+fn busy_poll() -> Duration {
+    std::env::var("PEREGRINE_BENCH_BUSY_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_micros(20), Duration::from_micros)
+}
 
 fn peregrine_config(backend: BackendChoice, busy_poll: Option<Duration>) -> Config {
     Config {
@@ -484,7 +491,7 @@ fn main() {
         ),
         (
             "peregrine-mio+busy-poll",
-            || peregrine_echo(BackendChoice::Mio, BackendKind::Mio, Some(BUSY_POLL)),
+            || peregrine_echo(BackendChoice::Mio, BackendKind::Mio, Some(busy_poll())),
             None,
         ),
         (
@@ -493,7 +500,7 @@ fn main() {
                 peregrine_echo(
                     BackendChoice::IoUring,
                     BackendKind::IoUring,
-                    Some(BUSY_POLL),
+                    Some(busy_poll()),
                 )
             },
             None,
@@ -570,5 +577,5 @@ fn main() {
     println!();
     println!("Targets: echo p50 <= 0.8x tokio; ingress >= 1.5x tokio; io_uring >= mio.");
     println!("tokio-pipeline hands each frame to a logic thread and back (the same two hops as peregrine); its ingress is tokio's.");
-    println!("+busy-poll: the loop polls for {} µs after activity before sleeping (Config::busy_poll); echo only.", BUSY_POLL.as_micros());
+    println!("+busy-poll: the loop polls for {} µs after activity before sleeping (Config::busy_poll); echo only.", busy_poll().as_micros());
 }

@@ -572,7 +572,9 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
                 if busy {
                     spin_until = Some(now + spin);
                 } else if spin_until.is_some_and(|until| now < until) {
-                    std::hint::spin_loop();
+                    // Polling, but politely: a stage or client that shares this core
+                    // (the usual case on small machines) gets it at once.
+                    std::thread::yield_now();
                     busy = true;
                 }
             }

@@ -235,6 +235,25 @@ fn client_that_does_not_read(backend: BackendChoice) {
     handle.shutdown().unwrap();
 }
 
+/// A busy-polling loop (io_uring then polls its completion queue without entering the
+/// kernel) still sees every frame and answers in order.
+fn busy_poll(backend: BackendChoice) {
+    let cfg = peregrine_reactor::Config {
+        busy_poll: Some(Duration::from_millis(5)),
+        ..config(backend)
+    };
+    let handle = echo_server(cfg, 64, None);
+    let mut s = connect(&handle);
+    for i in 0..300u32 {
+        round_trip(&mut s, &i.to_le_bytes());
+        if i % 100 == 99 {
+            // Let the polling window lapse so the loop sleeps and is woken again.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    handle.shutdown().unwrap();
+}
+
 macro_rules! on_backend {
     ($name: ident, $choice: expr) => {
         mod $name {
@@ -274,6 +293,10 @@ macro_rules! on_backend {
             #[test]
             fn rate_limit() {
                 super::rate_limit($choice)
+            }
+            #[test]
+            fn busy_poll() {
+                super::busy_poll($choice)
             }
         }
     };

@@ -8,6 +8,7 @@
 //! cargo bench -p peregrine-benches --bench journal             # full run (minutes)
 //! cargo bench -p peregrine-benches --bench journal -- --quick  # seconds (CI)
 //! PEREGRINE_BENCH_QUICK=1 cargo bench -p peregrine-benches --bench journal
+//! cargo bench -p peregrine-benches --bench journal -- --only tail  # one part: append, replay, tail
 //! ```
 //!
 //! Latency is measured per operation with `Instant` (its own cost is printed as `timer`);
@@ -27,11 +28,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
-use peregrine_journal::{verify, Appender, Config, Durability, Reader, Tailer};
+use peregrine_journal::{verify, Appender, Config, Durability, Reader, Tailer, TailerWait};
 
 const TAILER_CHILD: &str = "PEREGRINE_JOURNAL_BENCH_TAILER";
 const TAILER_COUNT: &str = "PEREGRINE_JOURNAL_BENCH_COUNT";
 const TAILER_CORE: &str = "PEREGRINE_JOURNAL_BENCH_CORE";
+const TAILER_WAIT: &str = "PEREGRINE_JOURNAL_BENCH_WAIT";
 const PAYLOADS: [usize; 3] = [64, 256, 1024];
 const BATCH: usize = 32;
 
@@ -88,6 +90,12 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick")
         || std::env::var("PEREGRINE_BENCH_QUICK").is_ok_and(|v| v == "1");
     let plan = Plan::new(quick);
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let root = std::env::temp_dir().join(format!("peregrine-journal-bench-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(&root).expect("create bench directory");
@@ -99,28 +107,34 @@ fn main() {
         core_affinity::set_for_current(*core);
     }
 
-    println!("\n### Appends\n");
-    println!(
-        "| scenario | payload | durability | records | Mrec/s | MB/s | p50 | p99 | p99.9 | p99.99 | max | thr vs memcpy | thr vs write(2) | p99.99/p50 |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let timer = timer_overhead(plan.records);
-    print_row("timer (Instant::now pair)", "-", "-", &timer, None);
-    for payload in PAYLOADS {
-        append_scenarios(&root, plan, payload);
+    if run("append") {
+        println!("\n### Appends\n");
+        println!(
+            "| scenario | payload | durability | records | Mrec/s | MB/s | p50 | p99 | p99.9 | p99.99 | max | thr vs memcpy | thr vs write(2) | p99.99/p50 |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let timer = timer_overhead(plan.records);
+        print_row("timer (Instant::now pair)", "-", "-", &timer, None);
+        for payload in PAYLOADS {
+            append_scenarios(&root, plan, payload);
+        }
     }
 
-    println!("\n### Replay and recovery\n");
-    replay_scenarios(&root, plan);
+    if run("replay") {
+        println!("\n### Replay and recovery\n");
+        replay_scenarios(&root, plan);
+    }
 
-    println!("\n### Writer to tailer (40-byte messages, intended-time start)\n");
-    if cores.len() < 2 {
-        println!(
-            "skipped: needs 2 cores to pin a busy-spinning writer and tailer, found {}",
-            cores.len()
-        );
-    } else {
-        tail_scenarios(&root, plan, cores[0], cores[1]);
+    if run("tail") {
+        println!("\n### Writer to tailer (40-byte messages, intended-time start)\n");
+        if cores.len() < 2 {
+            println!(
+                "skipped: needs 2 cores to pin a busy-spinning writer and tailer, found {}",
+                cores.len()
+            );
+        } else {
+            tail_scenarios(&root, plan, cores[0], cores[1]);
+        }
     }
 
     let _ = fs::remove_dir_all(&root);
@@ -281,7 +295,9 @@ fn record_len(payload: usize) -> usize {
 /// Floor: copy the same bytes a record takes into a pre-faulted shared file mapping, reused
 /// as a ring. In the full run the mapping (256 MiB) is larger than any last-level cache, so
 /// like the journal's appends the copies go to memory; a mapping that fits in cache would be
-/// a floor no log that keeps its data can reach.
+/// a floor no log that keeps its data can reach. The mapping asks for transparent huge pages,
+/// like the journal's segments under `Durability::None`, so the floor is not handicapped by
+/// TLB misses the journal does not take.
 fn memcpy_floor(root: &Path, plan: Plan, payload: usize) -> Measured {
     let path = root.join("memcpy-floor");
     let file = OpenOptions::new()
@@ -294,6 +310,8 @@ fn memcpy_floor(root: &Path, plan: Plan, payload: usize) -> Measured {
     file.set_len(plan.floor_bytes).expect("floor size");
     // SAFETY: a private file this process just created; nothing else maps or truncates it.
     let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map floor");
+    // Huge pages where the file system offers them, as the journal's own segments get.
+    let _ = map.advise(memmap2::Advice::HugePage);
     map.fill(0); // pre-fault every page for writing
     let data = vec![0xA5u8; payload];
     let header = [0x5Au8; 16];
@@ -533,19 +551,29 @@ fn paced_writer(dir: &Path, plan: Plan, count: usize) {
     }
 }
 
-/// Reads `count` messages, recording receive time minus intended send time.
+/// The tailer's wait strategies the bench runs, by the name it prints and passes to the child.
+fn tailer_wait(name: &str) -> TailerWait {
+    match name {
+        "BusySpin" => TailerWait::BusySpin,
+        "Backoff" => TailerWait::Backoff,
+        other => panic!("unknown tailer wait {other}"),
+    }
+}
+
+/// Reads `count` messages with `tailer`'s wait strategy, recording receive time minus
+/// intended send time.
 fn tail_into(tailer: &mut Tailer, count: usize) -> Histogram<u64> {
     let mut h = histogram();
     let mut received = 0;
     while received < count {
-        if let Some(record) = tailer.try_next().expect("tail") {
-            let now = now_ns();
-            let sent = u64::from_le_bytes(record.payload()[..8].try_into().expect("stamp"));
-            h.saturating_record(now.saturating_sub(sent));
-            received += 1;
-        } else {
-            std::hint::spin_loop();
-        }
+        let record = tailer
+            .next_timeout(Duration::from_secs(30))
+            .expect("tail")
+            .expect("a message within 30 s");
+        let now = now_ns();
+        let sent = u64::from_le_bytes(record.payload()[..8].try_into().expect("stamp"));
+        h.saturating_record(now.saturating_sub(sent));
+        received += 1;
     }
     h
 }
@@ -560,7 +588,10 @@ fn tailer_child(dir: &Path) {
     if let Some(id) = std::env::var(TAILER_CORE).ok().and_then(|v| v.parse().ok()) {
         core_affinity::set_for_current(core_affinity::CoreId { id });
     }
-    let mut tailer = Tailer::open(dir, 0).expect("tailer");
+    let wait = std::env::var(TAILER_WAIT).expect("wait strategy");
+    let mut tailer = Tailer::open(dir, 0)
+        .expect("tailer")
+        .wait(tailer_wait(&wait));
     println!("ready");
     std::io::stdout().flush().expect("flush");
     let h = tail_into(&mut tailer, count);
@@ -615,49 +646,55 @@ fn tail_scenarios(
         percentiles(&floor)
     );
 
-    // Two threads.
-    let dir = root.join("tail-threads");
-    fs::create_dir_all(&dir).expect("dir");
-    let mut tailer = Tailer::open(&dir, 0).expect("tailer");
+    // Two threads, then two processes (this binary re-executed as the tailer), for each wait
+    // strategy: busy-spinning is the figure to set next to the cache-line floor, the default
+    // backoff what a CPU-friendly tailer gets.
     let count = plan.tail_messages;
-    let reader = std::thread::spawn(move || {
-        core_affinity::set_for_current(tailer_core);
-        tail_into(&mut tailer, count)
-    });
-    paced_writer(&dir, plan, count);
-    let h = reader.join().expect("tailer thread");
-    println!(
-        "| journal writer -> Tailer, two threads | {count} | {} |",
-        percentiles(&h)
-    );
-    let _ = fs::remove_dir_all(&dir);
-
-    // Two processes: this binary re-executed as the tailer.
-    let dir = root.join("tail-processes");
-    fs::create_dir_all(&dir).expect("dir");
-    let mut child = Command::new(std::env::current_exe().expect("current exe"))
-        .env(TAILER_CHILD, &dir)
-        .env(TAILER_COUNT, count.to_string())
-        .env(TAILER_CORE, tailer_core.id.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn tailer process");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    assert_eq!(lines.next().expect("ready line").expect("read"), "ready");
-    paced_writer(&dir, plan, count);
-    let result = lines.next().expect("result line").expect("read");
-    child.wait().expect("tailer process");
-    let v: Vec<u64> = result
-        .split(' ')
-        .map(|x| x.parse().expect("number"))
-        .collect();
-    println!(
-        "| journal writer -> Tailer, two processes | {count} | {} | {} | {} | {} | {} |",
-        ns(v[0]),
-        ns(v[1]),
-        ns(v[2]),
-        ns(v[3]),
-        ns(v[4])
-    );
-    let _ = fs::remove_dir_all(&dir);
+    for (wait, processes) in [("BusySpin", false), ("BusySpin", true), ("Backoff", false)] {
+        let dir = root.join(format!("tail-{wait}-{processes}"));
+        fs::create_dir_all(&dir).expect("dir");
+        let label = format!(
+            "journal writer -> Tailer (TailerWait::{wait}), two {}",
+            if processes { "processes" } else { "threads" }
+        );
+        if processes {
+            let mut child = Command::new(std::env::current_exe().expect("current exe"))
+                .env(TAILER_CHILD, &dir)
+                .env(TAILER_COUNT, count.to_string())
+                .env(TAILER_CORE, tailer_core.id.to_string())
+                .env(TAILER_WAIT, wait)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn tailer process");
+            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+            assert_eq!(lines.next().expect("ready line").expect("read"), "ready");
+            paced_writer(&dir, plan, count);
+            let result = lines.next().expect("result line").expect("read");
+            child.wait().expect("tailer process");
+            let v: Vec<u64> = result
+                .split(' ')
+                .map(|x| x.parse().expect("number"))
+                .collect();
+            println!(
+                "| {label} | {count} | {} | {} | {} | {} | {} |",
+                ns(v[0]),
+                ns(v[1]),
+                ns(v[2]),
+                ns(v[3]),
+                ns(v[4])
+            );
+        } else {
+            let mut tailer = Tailer::open(&dir, 0)
+                .expect("tailer")
+                .wait(tailer_wait(wait));
+            let reader = std::thread::spawn(move || {
+                core_affinity::set_for_current(tailer_core);
+                tail_into(&mut tailer, count)
+            });
+            paced_writer(&dir, plan, count);
+            let h = reader.join().expect("tailer thread");
+            println!("| {label} | {count} | {} |", percentiles(&h));
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

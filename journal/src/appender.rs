@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::catalog::{self, Prepared};
+use crate::crc;
 use crate::error::{AppendError, Fault, OpenError};
 use crate::format::{
     self, align8, pack_slot, record_crc, slot_count, slot_offset, unpack_slot, SegmentHeader, Step,
@@ -119,6 +120,11 @@ impl Config {
     /// on any CPU the process is allowed, so it never time-slices with a busy-spinning
     /// appender pinned to its own core.
     ///
+    /// Under [`Durability::None`] segments are pre-faulted in transparent huge pages where the
+    /// file system supports them (ext4 and xfs cache files in large folios on Linux 6.x):
+    /// pre-faulting is then several times faster and appends take fewer TLB misses. Not
+    /// under `Batch` and `Always`, where each `msync` would write back whole 2 MiB folios.
+    ///
     /// Pre-faulting for write marks the segment's (zeroed) pages dirty. When kernel writeback
     /// cleans such a page before the appender reaches it (after `vm.dirty_expire_centisecs`,
     /// 30 s by default, or under dirty-memory pressure), the first append to that page takes a
@@ -150,6 +156,11 @@ impl Config {
     /// The configured durability mode.
     pub fn get_durability(&self) -> Durability {
         self.durability
+    }
+
+    /// Whether segments are pre-faulted in huge pages (see [`Config::pretouch`]).
+    fn huge_pages(&self) -> bool {
+        self.pretouch && self.durability == Durability::None
     }
 
     /// Largest payload one record can carry with this configuration.
@@ -331,7 +342,13 @@ impl Appender {
                 (active, tail)
             }
             None => {
-                let prepared = catalog::prepare(&dir, 0, config.segment_size, config.pretouch)?;
+                let prepared = catalog::prepare(
+                    &dir,
+                    0,
+                    config.segment_size,
+                    config.pretouch,
+                    config.huge_pages(),
+                )?;
                 let active = publish(&dir, prepared, 0, &config, durable_mode)?;
                 let tail = Tail {
                     offset: active.header.data_offset as usize,
@@ -357,7 +374,7 @@ impl Appender {
         let mut active = active;
         if config.pretouch {
             // A reopened tail was faulted in by the previous process, not this one.
-            active.map.prefault_from(tail.offset);
+            active.map.prefault_from(tail.offset, config.huge_pages());
         }
         let mut appender = Appender {
             max_payload: config.max_payload(),
@@ -430,9 +447,18 @@ impl Appender {
     /// one per segment. Under [`Durability::Batch`] and [`Durability::Always`] the batch is
     /// synced once, before this returns.
     ///
+    /// Each payload is copied as it comes; checksums are computed four records at a time, as
+    /// four interleaved CRC chains, which is what makes a batch cheaper per record than
+    /// single appends.
+    ///
     /// # Errors
     ///
     /// As [`append`](Self::append). Records before the failing one stay appended.
+    ///
+    /// # Panics
+    ///
+    /// If the iterator panics, the records it yielded before are published (no hole is
+    /// left for readers) and the panic continues.
     pub fn append_batch<I, P>(&mut self, payloads: I) -> Result<Range<u64>, AppendError>
     where
         I: IntoIterator<Item = P>,
@@ -440,20 +466,17 @@ impl Appender {
     {
         self.commit_uncommitted();
         let first = self.next_sequence;
-        for payload in payloads {
-            let payload = payload.as_ref();
-            self.make_room(payload.len())?;
-            let (offset, length_word) = self.write_record(payload.len(), |buf| {
-                buf.copy_from_slice(payload);
-            });
-            if self.uncommitted.is_none() {
-                self.uncommitted = Some((offset, length_word));
-            } else {
-                self.active.map.store_u32(offset, length_word);
+        {
+            let mut pending = PendingCrcs {
+                appender: self,
+                records: [(0, 0); 4],
+                len: 0,
+            };
+            for payload in payloads {
+                pending.push(payload.as_ref())?;
             }
-            let sequence = self.next_sequence;
-            self.next_sequence += 1;
-            self.index(offset, sequence);
+            // Dropping `pending` checksums and stages what it holds, also on an early return
+            // or a panic in the iterator.
         }
         self.commit_uncommitted();
         let count = self.next_sequence - first;
@@ -461,6 +484,24 @@ impl Appender {
             self.after_commit(u32::try_from(count).unwrap_or(u32::MAX), true)?;
         }
         Ok(first..self.next_sequence)
+    }
+
+    /// Stores the length word of a batch's record written at `offset` and gives it the next
+    /// sequence. The batch's first length word is held back (in `uncommitted`) and stored
+    /// last, with `Release`, by `commit_uncommitted`: readers stop at a zero length word, so
+    /// none reaches this record (or any later record of the batch) before that store, and
+    /// that store makes every byte of the batch visible. The other length words therefore
+    /// need no ordering of their own.
+    #[inline]
+    fn stage(&mut self, offset: usize, length_word: u32) {
+        if self.uncommitted.is_none() {
+            self.uncommitted = Some((offset, length_word));
+        } else {
+            self.active.map.store_u32_relaxed(offset, length_word);
+        }
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.index(offset, sequence);
     }
 
     /// `msync`s everything appended so far and returns the new durable watermark.
@@ -630,7 +671,11 @@ impl Appender {
             return;
         }
         if self.pretoucher.is_none() {
-            self.pretoucher = Pretoucher::start(self.dir.clone(), self.config.segment_size);
+            self.pretoucher = Pretoucher::start(
+                self.dir.clone(),
+                self.config.segment_size,
+                self.config.huge_pages(),
+            );
         }
         let index = self.active.header.index + 1;
         if let Some(pretoucher) = &mut self.pretoucher {
@@ -653,7 +698,7 @@ impl Appender {
             }
         }
         // Not prepared, or preparing failed: do it here, reporting errors.
-        catalog::prepare(&self.dir, index, self.config.segment_size, false)
+        catalog::prepare(&self.dir, index, self.config.segment_size, false, false)
     }
 
     /// Moves to the next segment: publish its header, seal the active one, rename the new one
@@ -732,6 +777,88 @@ impl Drop for Appender {
     }
 }
 
+/// Records of a batch copied into the segment whose checksums and length words are not
+/// written yet: up to four, checksummed together as four interleaved CRC chains when the
+/// fourth arrives, one by one when fewer are left (before a roll, at the end of the batch).
+/// Dropping it finishes what it holds, so an early return or a panic in the caller's iterator
+/// never leaves a record without its length word.
+struct PendingCrcs<'a> {
+    appender: &'a mut Appender,
+    /// (offset, length word) of each pending record, in order; the first `len` are used.
+    records: [(usize, u32); 4],
+    len: usize,
+}
+
+impl PendingCrcs<'_> {
+    /// Copies the sequence and payload of the batch's next record into the segment, rolling
+    /// first (after finishing the pending records) when it does not fit.
+    #[inline]
+    fn push(&mut self, payload: &[u8]) -> Result<(), AppendError> {
+        let total = RECORD_HEADER_LEN + payload.len();
+        let appender = &mut *self.appender;
+        if appender.failed
+            || payload.len() > appender.max_payload
+            || appender.offset + align8(total) > appender.active.map.bytes().len()
+        {
+            self.finish();
+            self.appender.make_room(payload.len())?;
+        }
+        let appender = &mut *self.appender;
+        let offset = appender.offset;
+        let sequence = appender.next_sequence + self.len as u64;
+        let record = &mut appender.active.map.bytes_mut()[offset..offset + total];
+        record[8..16].copy_from_slice(&sequence.to_le_bytes());
+        record[RECORD_HEADER_LEN..].copy_from_slice(payload);
+        appender.offset = offset + align8(total);
+        self.records[self.len] = (offset, total as u32);
+        self.len += 1;
+        if self.len == 4 {
+            self.finish();
+        }
+        Ok(())
+    }
+
+    /// Writes the pending records' checksums and stages their length words.
+    #[inline]
+    fn finish(&mut self) {
+        let records = &self.records[..self.len];
+        let appender = &mut *self.appender;
+        let bytes = appender.active.map.bytes();
+        let body =
+            |(offset, length_word): (usize, u32)| &bytes[offset + 8..offset + length_word as usize];
+        let mut crcs = [0u32; 4];
+        if let [a, b, c, d] = *records {
+            crcs = crc::crc32c_append4([a.1, b.1, c.1, d.1], [a, b, c, d].map(body));
+        } else {
+            for (crc, &record) in crcs.iter_mut().zip(records) {
+                *crc = record_crc(record.1, body(record));
+            }
+        }
+        let bytes = appender.active.map.bytes_mut();
+        for (&(offset, _), crc) in records.iter().zip(crcs) {
+            bytes[offset + 4..offset + 8].copy_from_slice(&crc.to_le_bytes());
+        }
+        for &(offset, length_word) in records {
+            appender.stage(offset, length_word);
+        }
+        self.len = 0;
+    }
+}
+
+impl Drop for PendingCrcs<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl std::fmt::Debug for PendingCrcs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCrcs")
+            .field("records", &&self.records[..self.len])
+            .finish_non_exhaustive()
+    }
+}
+
 /// Work for the background thread.
 enum Job {
     /// Create, preallocate and pre-fault this segment under its prepared name.
@@ -762,7 +889,7 @@ impl std::fmt::Debug for Job {
 
 impl Pretoucher {
     /// Starts the thread; `None` if it cannot be spawned (rolls then prepare inline).
-    fn start(dir: PathBuf, segment_size: u64) -> Option<Pretoucher> {
+    fn start(dir: PathBuf, segment_size: u64, huge_pages: bool) -> Option<Pretoucher> {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (ready_tx, ready) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -772,7 +899,8 @@ impl Pretoucher {
                 for job in job_rx {
                     match job {
                         Job::Prepare(index) => {
-                            let prepared = catalog::prepare(&dir, index, segment_size, true);
+                            let prepared =
+                                catalog::prepare(&dir, index, segment_size, true, huge_pages);
                             if ready_tx.send(prepared).is_err() {
                                 break;
                             }

@@ -201,12 +201,14 @@ pub(crate) struct Prepared {
 }
 
 /// Creates segment `index` under its prepared name: preallocated to `size` bytes (zeroed),
-/// mapped, and with every page faulted in when `prefault` is set.
+/// mapped, and with every page faulted in when `prefault` is set (in huge pages where
+/// possible with `huge_pages`, see [`SegmentMap::prefault_from`]).
 pub(crate) fn prepare(
     dir: &Path,
     index: u64,
     size: u64,
     prefault: bool,
+    huge_pages: bool,
 ) -> Result<Prepared, Fault> {
     let path = dir.join(format::prepared_name(index));
     match fs::remove_file(&path) {
@@ -226,7 +228,7 @@ pub(crate) fn prepare(
     // appender is its only writer and never truncates it (see `SegmentMap`'s `# Safety`).
     let mut map = unsafe { SegmentMap::new(&file) }.map_err(Fault::io(&path))?;
     if prefault {
-        map.prefault_from(0);
+        map.prefault_from(0, huge_pages);
     }
     Ok(Prepared {
         index,

@@ -207,7 +207,7 @@ pub(crate) fn read_u64(bytes: &[u8], at: usize) -> u64 {
 /// over contiguous bytes, and a changed length changes the checksum like changed data would.
 #[inline]
 pub(crate) fn record_crc(length: u32, body: &[u8]) -> u32 {
-    crc32c::crc32c_append(length, body)
+    crate::crc::crc32c_append(length, body)
 }
 
 /// What one step of a record scan found at an offset.

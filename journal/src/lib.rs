@@ -129,6 +129,7 @@
 
 mod appender;
 mod catalog;
+mod crc;
 mod cursor;
 mod error;
 mod format;
@@ -139,5 +140,5 @@ mod retention;
 pub use appender::{Appender, Config, Durability, RecoveryReport};
 pub use cursor::Cursor;
 pub use error::{AppendError, CommitError, CursorError, OpenError, ReadError, RetentionError};
-pub use reader::{verify, Reader, Record, Tailer, VerifyReport};
+pub use reader::{verify, Reader, Record, Tailer, TailerWait, VerifyReport};
 pub use retention::{Retention, RetentionAction, RetentionReport};

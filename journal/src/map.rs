@@ -80,6 +80,22 @@ impl SegmentMap {
         word.store(value, Ordering::Release);
     }
 
+    /// Stores a length word without ordering: for the records of a batch after its first,
+    /// which a later `Release` [`store_u32`](Self::store_u32) of the batch's first length
+    /// word publishes (readers cannot reach them before they see that word).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `offset` is not 4-byte aligned or not inside the segment.
+    #[inline]
+    pub(crate) fn store_u32_relaxed(&mut self, offset: usize, value: u32) {
+        assert!(offset % 4 == 0 && offset + 4 <= self.map.len());
+        let ptr = self.map.as_mut_ptr().wrapping_add(offset).cast::<u32>();
+        // SAFETY: as in `store_u32`.
+        let word = unsafe { AtomicU32::from_ptr(ptr) };
+        word.store(value, Ordering::Relaxed);
+    }
+
     /// Loads a length word with `Acquire`; pairs with [`SegmentMap::store_u32`].
     ///
     /// # Panics
@@ -126,11 +142,19 @@ impl SegmentMap {
     /// Faults every page from `offset` on in for writing so that appends do not take page
     /// faults. Uses `MADV_POPULATE_WRITE` (Linux 5.14+) and falls back to touching one byte
     /// per page (reading it and writing the same value back, so contents are unchanged).
-    pub(crate) fn prefault_from(&mut self, offset: usize) {
+    ///
+    /// With `huge_pages`, first asks for transparent huge pages (`MADV_HUGEPAGE`): where the
+    /// file system caches files in large folios (ext4 and xfs on recent kernels) the segment
+    /// is then faulted in and mapped 2 MiB at a time, which makes pre-faulting several times
+    /// faster, unmapping cheaper and appends take fewer TLB misses. Ignored where unsupported.
+    pub(crate) fn prefault_from(&mut self, offset: usize, huge_pages: bool) {
         let len = self.map.len();
         let start = offset / 4096 * 4096;
         if start >= len {
             return;
+        }
+        if huge_pages {
+            let _ = self.map.advise(Advice::HugePage);
         }
         if self
             .map
@@ -171,6 +195,9 @@ impl SegmentView {
     pub(crate) unsafe fn new(file: &File) -> io::Result<Self> {
         // SAFETY: the caller upholds the contract in `SegmentMap`'s `# Safety` section.
         let map = unsafe { MmapOptions::new().map(file)? };
+        // Pages the appender cached as huge folios are then mapped 2 MiB at a time: fewer
+        // faults and TLB misses for a scan. Only advice; ignored where unsupported.
+        let _ = map.advise(Advice::HugePage);
         Ok(Self { map })
     }
 

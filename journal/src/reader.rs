@@ -346,15 +346,64 @@ impl Reader {
     }
 }
 
-/// Follows a journal live: a [`Reader`] that waits for new records, spinning briefly, then
-/// yielding, then sleeping, so an idle tailer costs little CPU and a busy one reacts in well
-/// under a microsecond. Works across processes: the appender's `Release` store of each length
-/// word is visible through the tailer's own mapping of the same file.
+/// How a [`Tailer`] waits when it has caught up with the appender.
+///
+/// | strategy | reaction to a new record | CPU while idle |
+/// |---|---|---|
+/// | `Backoff` (default) | well under a microsecond while records keep coming; up to `sleep` plus the scheduler's wake-up once idle | spins, then yields, then sleeps: almost none when idle |
+/// | `BusySpin` | one cache-line transfer (about 100 to 300 ns) | a whole core, always |
+/// | `Yield` | a scheduler round trip when other threads want the core | a whole core when alone on it |
+/// | `Sleep(d)` | up to `d` plus the scheduler's wake-up | almost none |
+///
+/// `BusySpin` is for a tailer on a dedicated core (Chronicle Queue's published latencies
+/// assume one); on a machine with fewer free cores than spinning threads it makes latency
+/// worse, because the spinner and the appender take turns on one core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TailerWait {
+    /// Spin 256 times, then yield 256 times, then sleep 50 µs between checks; starts over
+    /// after each record.
+    #[default]
+    Backoff,
+    /// Check again at once, with a spin-loop hint between checks.
+    BusySpin,
+    /// Yield the CPU to the scheduler between checks.
+    Yield,
+    /// Sleep this long between checks.
+    Sleep(Duration),
+}
+
+impl TailerWait {
+    /// Waits once, the `idle`-th time in a row that no record was ready (counting from 1).
+    #[inline]
+    fn pause(self, idle: u32) {
+        match self {
+            TailerWait::BusySpin => std::hint::spin_loop(),
+            TailerWait::Yield => std::thread::yield_now(),
+            TailerWait::Sleep(d) => std::thread::sleep(d),
+            TailerWait::Backoff => {
+                if idle < 256 {
+                    std::hint::spin_loop();
+                } else if idle < 512 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        }
+    }
+}
+
+/// Follows a journal live: a [`Reader`] that waits for new records according to its
+/// [`TailerWait`] strategy (by default spinning briefly, then yielding, then sleeping, so an
+/// idle tailer costs little CPU and a busy one reacts in well under a microsecond). Works
+/// across processes: the appender's `Release` store of each length word is visible through
+/// the tailer's own mapping of the same file.
 ///
 /// ```
 /// # let dir = std::env::temp_dir().join(format!("pj-doc-tailer-{}", std::process::id()));
 /// # let _ = std::fs::remove_dir_all(&dir);
-/// use peregrine_journal::{Appender, Config, Tailer};
+/// use peregrine_journal::{Appender, Config, Tailer, TailerWait};
 /// use std::time::Duration;
 ///
 /// let (mut appender, _) = Appender::open(&dir, Config::default().segment_size(64 * 1024))?;
@@ -363,6 +412,10 @@ impl Reader {
 /// appender.append(b"tick")?;
 /// let record = tailer.next_timeout(Duration::from_secs(1))?.expect("appended");
 /// assert_eq!((record.sequence(), record.payload()), (0, &b"tick"[..]));
+///
+/// // On a dedicated core: spin instead of backing off.
+/// let mut spinning = Tailer::open(&dir, 0)?.wait(TailerWait::BusySpin);
+/// assert_eq!(spinning.next_timeout(Duration::from_secs(1))?.expect("appended").sequence(), 0);
 /// # drop(appender);
 /// # std::fs::remove_dir_all(&dir)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -370,10 +423,12 @@ impl Reader {
 #[derive(Debug)]
 pub struct Tailer {
     reader: Reader,
+    wait: TailerWait,
 }
 
 impl Tailer {
-    /// Opens a tailer on `dir` that starts at sequence `from`.
+    /// Opens a tailer on `dir` that starts at sequence `from`, waiting with
+    /// [`TailerWait::Backoff`].
     ///
     /// # Errors
     ///
@@ -384,12 +439,27 @@ impl Tailer {
             path: reader.dir().to_path_buf(),
             source: io::Error::other(e),
         })?;
-        Ok(Tailer { reader })
+        Ok(Tailer::from_reader(reader))
     }
 
-    /// A tailer continuing from where `reader` is.
+    /// A tailer continuing from where `reader` is, waiting with [`TailerWait::Backoff`].
     pub fn from_reader(reader: Reader) -> Tailer {
-        Tailer { reader }
+        Tailer {
+            reader,
+            wait: TailerWait::default(),
+        }
+    }
+
+    /// This tailer, waiting with `wait` from now on.
+    #[must_use]
+    pub fn wait(mut self, wait: TailerWait) -> Tailer {
+        self.wait = wait;
+        self
+    }
+
+    /// How this tailer waits.
+    pub fn wait_strategy(&self) -> TailerWait {
+        self.wait
     }
 
     /// The next record if one is ready; never waits.
@@ -401,25 +471,25 @@ impl Tailer {
         self.reader.next()
     }
 
-    /// The next record, waiting up to `timeout` for it; `Ok(None)` on timeout.
+    /// The next record, waiting for it with this tailer's [`TailerWait`] strategy for up to
+    /// `timeout`; `Ok(None)` on timeout.
     ///
     /// # Errors
     ///
     /// As [`Reader::next`].
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Record<'_>>, ReadError> {
-        let start = Instant::now();
-        let mut idle = 0u32;
-        while !self.reader.ready()? {
-            if start.elapsed() >= timeout {
-                return Ok(None);
-            }
-            idle = idle.saturating_add(1);
-            if idle < 256 {
-                std::hint::spin_loop();
-            } else if idle < 512 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
+        if !self.reader.ready()? {
+            let start = Instant::now();
+            let mut idle = 0u32;
+            while !self.reader.ready()? {
+                // A busy spinner reads the clock only every 64th check: a clock read costs
+                // more than a check, and the spinner should see a new record at once.
+                let check = self.wait != TailerWait::BusySpin || idle % 64 == 0;
+                if check && start.elapsed() >= timeout {
+                    return Ok(None);
+                }
+                idle = idle.saturating_add(1);
+                self.wait.pause(idle);
             }
         }
         self.reader.next()

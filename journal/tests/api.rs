@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{pattern, small_config, TempDir};
 use peregrine_journal::{
     verify, AppendError, Appender, CommitError, Config, Cursor, Durability, OpenError, ReadError,
-    Reader, Retention, Tailer,
+    Reader, Retention, Tailer, TailerWait,
 };
 
 fn read_all(dir: &std::path::Path, from: u64) -> Vec<(u64, Vec<u8>)> {
@@ -71,6 +71,67 @@ fn batch_append() {
     assert_eq!(records.len(), 1000);
     assert!(records.iter().all(|(s, p)| *p == pattern(*s)));
     assert!(appender.segment_index() > 0, "batches crossed segments");
+}
+
+#[test]
+fn a_reader_in_another_thread_never_sees_part_of_a_batch() {
+    // One segment holds everything, so no batch is split by a roll: every batch must appear
+    // whole or not at all. Batch sizes 1 to 9 cover the four-at-a-time checksum groups and
+    // the records left over after them; payload sizes vary within a batch.
+    const BATCHES: u64 = 3_000;
+    let dir = TempDir::new("batch-atomic");
+    let config = small_config().segment_size(16 << 20);
+    let (mut appender, _) = Appender::open(dir.path(), config).unwrap();
+    let size = |b: u64| 1 + b % 9;
+    let ends: Vec<u64> = (0..BATCHES)
+        .scan(0, |end, b| {
+            *end += size(b);
+            Some(*end)
+        })
+        .collect();
+    let total = *ends.last().unwrap();
+    let path = dir.path().to_path_buf();
+    let started = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let reader_started = started.clone();
+    let reader = std::thread::spawn(move || {
+        let mut reader = Reader::open(&path).unwrap();
+        reader_started.wait();
+        let mut seen = 0u64;
+        let mut caught_up = 0u64;
+        while seen < total {
+            match reader.next().unwrap() {
+                Some(record) => {
+                    assert_eq!(record.sequence(), seen);
+                    assert_eq!(record.payload(), &pattern(seen)[..]);
+                    seen += 1;
+                }
+                None => {
+                    assert!(
+                        seen == 0 || ends.binary_search(&seen).is_ok(),
+                        "caught up after {seen} records, inside a batch"
+                    );
+                    caught_up += 1;
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        caught_up
+    });
+    started.wait();
+    let mut next = 0;
+    for b in 0..BATCHES {
+        let batch: Vec<Vec<u8>> = (next..next + size(b)).map(pattern).collect();
+        let range = appender.append_batch(&batch).unwrap();
+        assert_eq!(range, next..next + size(b));
+        next = range.end;
+        // Let the reader catch up now and then, so it often reads right behind the appender.
+        for _ in 0..b % 64 * 16 {
+            std::hint::spin_loop();
+        }
+    }
+    assert_eq!(appender.segment_index(), 0, "no roll split a batch");
+    let caught_up = reader.join().unwrap();
+    assert!(caught_up > 0, "the reader raced the appender at least once");
 }
 
 #[test]
@@ -173,6 +234,50 @@ fn tailer_follows_rolls_in_another_thread() {
         }
     }
     tail.join().unwrap();
+}
+
+#[test]
+fn every_tailer_wait_strategy_follows_rolls_and_times_out() {
+    let strategies = [
+        TailerWait::BusySpin,
+        TailerWait::Yield,
+        TailerWait::Sleep(Duration::from_micros(20)),
+        TailerWait::Backoff,
+    ];
+    for wait in strategies {
+        let dir = TempDir::new("tail-wait");
+        let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+        let mut tailer = Tailer::open(dir.path(), 0).unwrap().wait(wait);
+        assert_eq!(tailer.wait_strategy(), wait);
+        let started = std::time::Instant::now();
+        assert!(tailer
+            .next_timeout(Duration::from_millis(5))
+            .unwrap()
+            .is_none());
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(5) && waited < Duration::from_secs(2),
+            "{wait:?} waited {waited:?} for a 5 ms timeout"
+        );
+        let tail = std::thread::spawn(move || {
+            for s in 0..5_000u64 {
+                let record = tailer
+                    .next_timeout(Duration::from_secs(10))
+                    .unwrap()
+                    .expect("record within timeout");
+                assert_eq!(record.sequence(), s);
+                assert_eq!(record.payload(), &pattern(s)[..]);
+            }
+        });
+        for s in 0..5_000u64 {
+            appender.append(&pattern(s)).unwrap();
+            if s % 500 == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        tail.join().unwrap();
+        assert!(appender.segment_index() > 0, "the tailer crossed rolls");
+    }
 }
 
 #[test]

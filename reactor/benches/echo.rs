@@ -6,11 +6,17 @@
 //! cargo bench -p peregrine-reactor --bench echo -- --quick # or PEREGRINE_BENCH_QUICK=1
 //! ```
 //!
+//! Knobs: `PEREGRINE_BENCH_RATE` (frames/s), `PEREGRINE_BENCH_WAIT=blocking|phased|yielding`
+//! (the rings' wait strategy), `PEREGRINE_BENCH_BUSY_POLL_US` (the `+busy-poll` rows),
+//! `PEREGRINE_BENCH_ONLY=peregrine-mio,peregrine-io_uring` (a subset; tokio always runs).
+//!
 //! - **Echo latency.** One connection; a sender thread sends 16-byte frames at a fixed
 //!   rate, each carrying its *intended* send time; a receiver thread records
 //!   `arrival - intended` in an HDR histogram. A sender that falls behind keeps the
 //!   schedule, so stalls are charged in full (no coordinated omission).
-//!   peregrine: reactor -> ingress ring -> `echo` stage -> egress ring -> reactor.
+//!   peregrine: reactor -> ingress ring -> `echo` stage, which writes the response to the
+//!   socket itself while the connection is idle (direct egress; otherwise egress ring ->
+//!   reactor).
 //!   tokio: a current-thread runtime, one task per connection reading a frame and writing
 //!   it back (no hop to another thread).
 //! - **Ingress throughput.** Two connections blast 16-byte frames as fast as they can;
@@ -506,6 +512,18 @@ fn main() {
             None,
         ),
     ];
+    // `PEREGRINE_BENCH_ONLY=name,name`: run only these servers (tokio, the base of every
+    // ratio, always runs).
+    let only = std::env::var("PEREGRINE_BENCH_ONLY").ok();
+    let servers: Vec<_> = servers
+        .into_iter()
+        .filter(|(name, _, _)| {
+            *name == "tokio"
+                || only
+                    .as_deref()
+                    .is_none_or(|o| o.split(',').any(|n| n == *name))
+        })
+        .collect();
     // Rounds, each server in turn: on a shared, noisy machine, load that comes and goes
     // then spreads over every server instead of landing on one.
     let mut rows: Vec<Row> = servers

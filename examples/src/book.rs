@@ -2,12 +2,12 @@
 //! format, execution reports, a deterministic hash of the resting orders (to compare a
 //! book before and after recovery), snapshots, and a naive reference matcher for tests.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Hashes order ids (already unique integers) with one multiply: SipHash's defence
-/// against chosen keys buys nothing for ids the engine assigns, and costs most of an
-/// order's matching time.
+/// against chosen keys buys nothing for ids the engine checks itself, and costs most of
+/// an order's matching time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IdHasher(u64);
 
@@ -21,11 +21,58 @@ impl Hasher for IdHasher {
         }
     }
     fn write_u64(&mut self, id: u64) {
-        self.0 = (id ^ (id >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = mix(id);
     }
 }
 
 type Ids = BuildHasherDefault<IdHasher>;
+
+/// Spreads an id over all 64 bits (a multiply by 2^64 / golden ratio after folding the
+/// high half in).
+#[inline]
+fn mix(id: u64) -> u64 {
+    (id ^ (id >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Every order id ever accepted, as bitmaps of 512 consecutive ids (one cache line each)
+/// keyed by `id / 512`: ids handed out in sequence cost an eighth of a byte each and the
+/// whole set stays in cache, where a set of 8-byte ids outgrows it and costs a cache miss
+/// per order. Scattered ids cost a block each (72 bytes).
+#[derive(Debug, Clone, Default)]
+struct IdSet {
+    blocks: HashMap<u64, [u64; 8], Ids>,
+    len: usize,
+}
+
+impl IdSet {
+    /// Adds `id`; false if it was already there.
+    #[inline]
+    fn insert(&mut self, id: u64) -> bool {
+        let block = self.blocks.entry(id >> 9).or_insert([0; 8]);
+        let (word, bit) = (((id >> 6) & 7) as usize, id & 63);
+        let fresh = block[word] & (1 << bit) == 0;
+        block[word] |= 1 << bit;
+        self.len += usize::from(fresh);
+        fresh
+    }
+
+    /// Every id, ascending.
+    fn sorted(&self) -> Vec<u64> {
+        let mut keys: Vec<u64> = self.blocks.keys().copied().collect();
+        keys.sort_unstable();
+        let mut ids = Vec::with_capacity(self.len);
+        for k in keys {
+            for (w, &bits) in self.blocks[&k].iter().enumerate() {
+                let mut b = bits;
+                while b != 0 {
+                    ids.push(k << 9 | (w as u64) << 6 | u64::from(b.trailing_zeros()));
+                    b &= b - 1;
+                }
+            }
+        }
+        ids
+    }
+}
 
 /// Buy or sell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,13 +169,17 @@ pub enum Report {
 /// No node.
 const NIL: u32 = u32::MAX;
 
-/// A resting order, a node of its price level's list (time priority: head first).
+/// A resting order, a node of its price level's list (time priority: head first), with
+/// where it rests, so a cancel needs only the order id.
 #[derive(Debug, Clone, Copy)]
 struct Node {
     order: u64,
     quantity: u64,
+    price: u64,
     prev: u32,
     next: u32,
+    instrument: u32,
+    side: Side,
 }
 
 /// A price level: a doubly linked list of nodes in arrival order.
@@ -138,20 +189,178 @@ struct Level {
     tail: u32,
 }
 
+/// One side of a book: its levels sorted with the best price last (bids ascending, asks
+/// descending), so the best level is read, and an emptied best level removed, in O(1);
+/// a new level is a binary search and a short move (books hold tens of levels, and
+/// activity sits near the best).
+#[derive(Debug, Default, Clone)]
+struct Levels {
+    /// Sort keys: the price for bids, its complement for asks (ascending either way).
+    keys: Vec<u64>,
+    levels: Vec<Level>,
+}
+
+impl Levels {
+    fn key(side: Side, price: u64) -> u64 {
+        match side {
+            Side::Buy => price,
+            Side::Sell => !price,
+        }
+    }
+
+    fn price(side: Side, key: u64) -> u64 {
+        Self::key(side, key)
+    }
+
+    /// The best level as (price, level).
+    fn best(&self, side: Side) -> Option<(u64, Level)> {
+        Some((Self::price(side, *self.keys.last()?), *self.levels.last()?))
+    }
+
+    fn find(&self, side: Side, price: u64) -> Result<usize, usize> {
+        let key = Self::key(side, price);
+        // The best few levels are the busy ones: look there before searching.
+        match self.keys.last() {
+            Some(&k) if k == key => Ok(self.keys.len() - 1),
+            _ => self.keys.binary_search(&key),
+        }
+    }
+
+    /// Levels best first, as (price, level).
+    fn best_first(&self, side: Side) -> impl Iterator<Item = (u64, Level)> + '_ {
+        self.keys
+            .iter()
+            .zip(&self.levels)
+            .rev()
+            .map(move |(&k, &l)| (Self::price(side, k), l))
+    }
+}
+
+/// Order id -> node: open addressing with linear probing, and deletion by shifting the
+/// following entries back (no tombstones, so a lookup of an id that has left the book
+/// stops at the first empty slot however many orders have come and gone).
+///
+/// The table holds only resting orders (at most half full), so it stays as small as the
+/// book itself.
+#[derive(Debug, Clone)]
+struct OrderIndex {
+    /// (order id, node); node `NIL` marks an empty slot.
+    slots: Vec<(u64, u32)>,
+    len: usize,
+}
+
+impl Default for OrderIndex {
+    fn default() -> Self {
+        Self {
+            slots: vec![(0, NIL); 1024],
+            len: 0,
+        }
+    }
+}
+
+impl OrderIndex {
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    #[inline]
+    fn home(&self, id: u64) -> usize {
+        (mix(id) >> 32) as usize & self.mask()
+    }
+
+    /// The slot holding `id`, if any.
+    fn position(&self, id: u64) -> Option<usize> {
+        let mask = self.mask();
+        let mut i = self.home(id);
+        loop {
+            let (k, v) = self.slots[i];
+            if v == NIL {
+                return None;
+            }
+            if k == id {
+                return Some(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn get(&self, id: u64) -> Option<u32> {
+        self.position(id).map(|i| self.slots[i].1)
+    }
+
+    /// Inserts `id`, which is not present.
+    fn insert(&mut self, id: u64, node: u32) {
+        debug_assert_ne!(node, NIL);
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.mask();
+        let mut i = self.home(id);
+        while self.slots[i].1 != NIL {
+            debug_assert_ne!(self.slots[i].0, id, "id already indexed");
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = (id, node);
+        self.len += 1;
+    }
+
+    fn grow(&mut self) {
+        let doubled = vec![(0, NIL); self.slots.len() * 2];
+        let old = std::mem::replace(&mut self.slots, doubled);
+        self.len = 0;
+        for (id, node) in old {
+            if node != NIL {
+                self.insert(id, node);
+            }
+        }
+    }
+
+    /// Removes `id`, returning its node.
+    fn remove(&mut self, id: u64) -> Option<u32> {
+        let mask = self.mask();
+        let mut hole = self.position(id)?;
+        let node = self.slots[hole].1;
+        // Shift back every entry of the run after the hole that may move into it (its
+        // home is not cyclically within (hole, j]).
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let (k, v) = self.slots[j];
+            if v == NIL {
+                break;
+            }
+            let home = self.home(k);
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                self.slots[hole] = (k, v);
+                hole = j;
+            }
+        }
+        self.slots[hole] = (0, NIL);
+        self.len -= 1;
+        Some(node)
+    }
+}
+
 /// One instrument's book: price levels by price.
 #[derive(Debug, Default, Clone)]
 struct Book {
-    bids: BTreeMap<u64, Level>,
-    asks: BTreeMap<u64, Level>,
+    bids: Levels,
+    asks: Levels,
 }
 
-/// Where a resting order lives.
-#[derive(Debug, Clone, Copy)]
-struct Placed {
-    instrument: u32,
-    side: Side,
-    price: u64,
-    node: u32,
+impl Book {
+    fn side(&mut self, side: Side) -> &mut Levels {
+        match side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        }
+    }
 }
 
 /// The books of every instrument, the resting orders (a slab of list nodes, so a cancel
@@ -161,9 +370,9 @@ pub struct Exchange {
     books: Vec<Book>,
     nodes: Vec<Node>,
     free: Vec<u32>,
-    index: HashMap<u64, Placed, Ids>,
+    index: OrderIndex,
     /// Every order id ever accepted (ids are never reused).
-    seen: HashSet<u64, Ids>,
+    seen: IdSet,
 }
 
 impl Exchange {
@@ -173,18 +382,12 @@ impl Exchange {
             books: vec![Book::default(); instruments as usize],
             nodes: Vec::new(),
             free: Vec::new(),
-            index: HashMap::default(),
-            seen: HashSet::default(),
+            index: OrderIndex::default(),
+            seen: IdSet::default(),
         }
     }
 
-    fn alloc(&mut self, order: u64, quantity: u64) -> u32 {
-        let node = Node {
-            order,
-            quantity,
-            prev: NIL,
-            next: NIL,
-        };
+    fn alloc(&mut self, node: Node) -> u32 {
         match self.free.pop() {
             Some(i) => {
                 self.nodes[i as usize] = node;
@@ -199,63 +402,75 @@ impl Exchange {
 
     /// Appends `order` at the tail of its level (creating the level).
     fn rest(&mut self, instrument: u32, side: Side, price: u64, order: u64, quantity: u64) {
-        let n = self.alloc(order, quantity);
-        let book = &mut self.books[instrument as usize];
-        let levels = match side {
-            Side::Buy => &mut book.bids,
-            Side::Sell => &mut book.asks,
-        };
-        match levels.get_mut(&price) {
-            Some(level) => {
+        let n = self.alloc(Node {
+            order,
+            quantity,
+            price,
+            prev: NIL,
+            next: NIL,
+            instrument,
+            side,
+        });
+        let levels = self.books[instrument as usize].side(side);
+        match levels.find(side, price) {
+            Ok(at) => {
+                let level = &mut levels.levels[at];
                 let tail = level.tail;
+                level.tail = n;
                 self.nodes[tail as usize].next = n;
                 self.nodes[n as usize].prev = tail;
-                level.tail = n;
             }
-            None => {
-                levels.insert(price, Level { head: n, tail: n });
+            Err(at) => {
+                levels.keys.insert(at, Levels::key(side, price));
+                levels.levels.insert(at, Level { head: n, tail: n });
             }
         }
-        self.index.insert(
-            order,
-            Placed {
-                instrument,
-                side,
-                price,
-                node: n,
-            },
-        );
+        self.index.insert(order, n);
     }
 
     /// Unlinks node `n` from its level (removing an emptied level) and frees it.
-    fn unlink(&mut self, instrument: u32, side: Side, price: u64, n: u32) {
-        let Node { prev, next, .. } = self.nodes[n as usize];
-        let book = &mut self.books[instrument as usize];
-        let levels = match side {
-            Side::Buy => &mut book.bids,
-            Side::Sell => &mut book.asks,
-        };
-        let level = levels
-            .get_mut(&price)
+    fn unlink(&mut self, n: u32) {
+        let Node {
+            prev,
+            next,
+            instrument,
+            side,
+            price,
+            ..
+        } = self.nodes[n as usize];
+        if prev != NIL {
+            self.nodes[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.nodes[next as usize].prev = prev;
+        }
+        let levels = self.books[instrument as usize].side(side);
+        let at = levels
+            .find(side, price)
             .expect("a resting order's level exists");
+        let level = &mut levels.levels[at];
         if prev == NIL {
             level.head = next;
-        } else {
-            self.nodes[prev as usize].next = next;
         }
         if next == NIL {
             level.tail = prev;
-        } else {
-            self.nodes[next as usize].prev = prev;
         }
         if level.head == NIL {
-            levels.remove(&price);
+            levels.keys.remove(at);
+            levels.levels.remove(at);
         }
         self.free.push(n);
     }
 
     /// Applies one command, appending its reports to `out`.
     pub fn apply(&mut self, command: &Command, out: &mut Vec<Report>) {
+        self.apply_with(command, |r| out.push(r))
+    }
+
+    /// Applies one command, handing each report to `report` as it is made (a no-op
+    /// closure skips them, as a replay does).
+    #[inline]
+    pub fn apply_with(&mut self, command: &Command, mut report: impl FnMut(Report)) {
         match *command {
             Command::New {
                 instrument,
@@ -270,29 +485,31 @@ impl Exchange {
                     Some(Reject::ZeroQuantity)
                 } else if price == 0 {
                     Some(Reject::ZeroPrice)
-                } else if self.seen.contains(&order) {
+                } else if !self.seen.insert(order) {
                     Some(Reject::DuplicateOrder)
                 } else {
                     None
                 };
                 if let Some(reason) = reject {
-                    out.push(Report::Rejected { order, reason });
+                    report(Report::Rejected { order, reason });
                     return;
                 }
-                self.seen.insert(order);
-                out.push(Report::Accepted { order });
+                report(Report::Accepted { order });
                 let mut left = quantity;
                 let maker_side = match side {
                     Side::Buy => Side::Sell,
                     Side::Sell => Side::Buy,
                 };
                 while left > 0 {
-                    let book = &self.books[instrument as usize];
-                    let best = match side {
-                        Side::Buy => book.asks.iter().next().filter(|(&p, _)| p <= price),
-                        Side::Sell => book.bids.iter().next_back().filter(|(&p, _)| p >= price),
-                    };
-                    let Some((&level_price, level)) = best else {
+                    let book = &mut self.books[instrument as usize];
+                    let best =
+                        book.side(maker_side)
+                            .best(maker_side)
+                            .filter(|&(p, _)| match side {
+                                Side::Buy => p <= price,
+                                Side::Sell => p >= price,
+                            });
+                    let Some((level_price, level)) = best else {
                         break;
                     };
                     let n = level.head;
@@ -300,7 +517,7 @@ impl Exchange {
                     let traded = left.min(maker.quantity);
                     left -= traded;
                     maker.quantity -= traded;
-                    out.push(Report::Fill {
+                    report(Report::Fill {
                         taker: order,
                         maker: maker.order,
                         price: level_price,
@@ -308,25 +525,25 @@ impl Exchange {
                     });
                     if maker.quantity == 0 {
                         let gone = maker.order;
-                        self.index.remove(&gone);
-                        self.unlink(instrument, maker_side, level_price, n);
+                        self.index.remove(gone);
+                        self.unlink(n);
                     }
                 }
                 if left > 0 {
                     self.rest(instrument, side, price, order, left);
-                    out.push(Report::Rested {
+                    report(Report::Rested {
                         order,
                         quantity: left,
                     });
                 }
             }
-            Command::Cancel { instrument, order } => match self.index.get(&order).copied() {
-                Some(p) if p.instrument == instrument => {
-                    self.index.remove(&order);
-                    self.unlink(p.instrument, p.side, p.price, p.node);
-                    out.push(Report::Cancelled { order });
+            Command::Cancel { instrument, order } => match self.index.get(order) {
+                Some(n) if self.nodes[n as usize].instrument == instrument => {
+                    self.index.remove(order);
+                    self.unlink(n);
+                    report(Report::Cancelled { order });
                 }
-                _ => out.push(Report::Rejected {
+                _ => report(Report::Rejected {
                     order,
                     reason: Reject::UnknownOrder,
                 }),
@@ -335,7 +552,7 @@ impl Exchange {
     }
 
     /// The orders of one level, head first, as (order, quantity).
-    fn level_orders(&self, level: &Level) -> impl Iterator<Item = (u64, u64)> + '_ {
+    fn level_orders(&self, level: Level) -> impl Iterator<Item = (u64, u64)> + '_ {
         let mut n = level.head;
         std::iter::from_fn(move || {
             (n != NIL).then(|| {
@@ -352,13 +569,13 @@ impl Exchange {
         let Some(book) = self.books.get(instrument as usize) else {
             return Vec::new();
         };
-        let bids = book.bids.iter().rev().flat_map(|(p, l)| {
+        let bids = book
+            .bids
+            .best_first(Side::Buy)
+            .flat_map(|(p, l)| self.level_orders(l).map(move |(o, q)| (Side::Buy, p, o, q)));
+        let asks = book.asks.best_first(Side::Sell).flat_map(|(p, l)| {
             self.level_orders(l)
-                .map(move |(o, q)| (Side::Buy, *p, o, q))
-        });
-        let asks = book.asks.iter().flat_map(|(p, l)| {
-            self.level_orders(l)
-                .map(move |(o, q)| (Side::Sell, *p, o, q))
+                .map(move |(o, q)| (Side::Sell, p, o, q))
         });
         bids.chain(asks).collect()
     }
@@ -381,7 +598,7 @@ impl Exchange {
 
     /// Orders resting across all instruments.
     pub fn resting_orders(&self) -> usize {
-        self.index.len()
+        self.index.len
     }
 }
 
@@ -644,6 +861,71 @@ pub fn random_commands(seed: u64, n: usize, instruments: u32, first_id: u64) -> 
         .collect()
 }
 
+/// A command stream shaped like a venue's order flow, for measuring against a book of
+/// realistic size: prices within a few ticks of a slowly drifting mid (some cross and
+/// trade, most rest), and nine orders in ten cancelled after a random lifetime (mean
+/// `lifetime` commands; a cancel of an order that traded meanwhile is rejected), so the
+/// book holds about `lifetime` orders however long the stream. New order ids count up
+/// from `first_id`.
+pub fn market_commands(
+    seed: u64,
+    n: usize,
+    instruments: u32,
+    first_id: u64,
+    lifetime: u64,
+) -> Vec<Command> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut rng = Rng(seed | 1);
+    let instruments = instruments.max(1);
+    let mut mids = vec![10_000u64; instruments as usize];
+    let mut due: BinaryHeap<Reverse<(u64, u64, u32)>> = BinaryHeap::new();
+    let mut next_id = first_id;
+    (0..n as u64)
+        .map(|now| {
+            if let Some(&Reverse((at, order, instrument))) = due.peek() {
+                if at <= now {
+                    due.pop();
+                    return Command::Cancel { instrument, order };
+                }
+            }
+            let instrument = rng.below(u64::from(instruments)) as u32;
+            let mid = &mut mids[instrument as usize];
+            match rng.below(16) {
+                0 => *mid += 1,
+                1 => *mid -= 1,
+                _ => {}
+            }
+            let side = if rng.below(2) == 0 {
+                Side::Buy
+            } else {
+                Side::Sell
+            };
+            // Mostly behind the mid (resting), sometimes through it (trading).
+            let offset = rng.below(8);
+            let price = match side {
+                Side::Buy => *mid + 2 - offset.min(*mid - 1),
+                Side::Sell => *mid - 2 + offset,
+            };
+            let order = next_id;
+            next_id += 1;
+            if rng.below(10) != 0 {
+                // Exponential lifetime with the given mean, at least one command.
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                let life = 1 + (-(1.0 - u).ln() * lifetime as f64) as u64;
+                due.push(Reverse((now + life, order, instrument)));
+            }
+            Command::New {
+                instrument,
+                order,
+                side,
+                price,
+                quantity: 1 + rng.below(100),
+            }
+        })
+        .collect()
+}
+
 /// Size of an encoded report.
 pub const REPORT_LEN: usize = 33;
 
@@ -725,8 +1007,7 @@ impl Exchange {
     /// instrument's resting orders in priority order.
     pub fn save(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.instruments().to_le_bytes());
-        let mut seen: Vec<u64> = self.seen.iter().copied().collect();
-        seen.sort_unstable();
+        let seen = self.seen.sorted();
         out.extend_from_slice(&(seen.len() as u64).to_le_bytes());
         for id in seen {
             out.extend_from_slice(&id.to_le_bytes());
@@ -822,6 +1103,93 @@ mod tests {
             }
             assert!(a.resting_orders() > 0);
         }
+    }
+
+    #[test]
+    fn the_order_index_agrees_with_a_map_through_clusters_wraps_and_growth() {
+        let mut rng = Rng(0x1D);
+        let mut index = OrderIndex::default();
+        let mut model: HashMap<u64, u32> = HashMap::new();
+        // Ids whose home is slot 0 (one long cluster), ids whose home is the last slot at
+        // every table size up to 8192 (runs that wrap into the first cluster), and
+        // sequential ids (growth).
+        let pool: Vec<u64> = (0..300u64)
+            .map(|i| i << 32 | i)
+            .chain((1..300u64).map(|k| k << 32 | (k ^ 0x1FFF)))
+            .chain((0..3000).map(|i| (7 << 40) + i))
+            .collect();
+        for step in 0..60_000u32 {
+            let id = pool[rng.below(pool.len() as u64) as usize];
+            if rng.below(3) == 0 || !model.contains_key(&id) {
+                if let std::collections::hash_map::Entry::Vacant(e) = model.entry(id) {
+                    e.insert(step);
+                    index.insert(id, step);
+                }
+            } else {
+                assert_eq!(index.remove(id), model.remove(&id), "remove {id}");
+            }
+            if step % 97 == 0 {
+                for &probe in pool.iter().step_by(7) {
+                    assert_eq!(index.get(probe), model.get(&probe).copied(), "get {probe}");
+                }
+                assert_eq!(index.len, model.len());
+            }
+        }
+        for (id, node) in model {
+            assert_eq!(index.remove(id), Some(node));
+        }
+        assert_eq!(index.len, 0);
+        assert!(index.slots.iter().all(|&(_, v)| v == NIL));
+    }
+
+    #[test]
+    fn the_id_set_remembers_dense_and_scattered_ids() {
+        let mut rng = Rng(0x5E7);
+        let mut set = IdSet::default();
+        let mut model = std::collections::BTreeSet::new();
+        for i in 0..20_000u64 {
+            let id = match i % 3 {
+                0 => 1_000 + i,                // dense
+                1 => rng.next_u64(),           // scattered
+                _ => 1_000 + rng.below(i + 1), // repeats of dense ones
+            };
+            assert_eq!(set.insert(id), model.insert(id), "id {id}");
+        }
+        assert!(!set.insert(u64::MAX) || !set.insert(u64::MAX));
+        model.insert(u64::MAX);
+        assert!(!set.insert(0) || model.insert(0));
+        assert_eq!(set.len, model.len());
+        assert_eq!(set.sorted(), model.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn market_flow_matches_the_reference_and_keeps_the_book_bounded() {
+        let commands = market_commands(11, 20_000, 3, 1, 300);
+        let (mut a, mut b) = (Exchange::new(3), ReferenceMatcher::new(3));
+        let (mut ra, mut rb) = (Vec::new(), Vec::new());
+        let (mut fills, mut cancels, mut peak) = (0, 0, 0);
+        for c in &commands {
+            a.apply(c, &mut ra);
+            b.apply(c, &mut rb);
+            assert_eq!(ra, rb, "after {c:?}");
+            fills += ra
+                .iter()
+                .filter(|r| matches!(r, Report::Fill { .. }))
+                .count();
+            cancels += ra
+                .iter()
+                .filter(|r| matches!(r, Report::Cancelled { .. }))
+                .count();
+            peak = peak.max(a.resting_orders());
+            ra.clear();
+            rb.clear();
+        }
+        assert_eq!(a.book_hash(), b.book_hash());
+        assert!(
+            fills > 1_000 && cancels > 5_000,
+            "fills {fills}, cancels {cancels}"
+        );
+        assert!(peak < 2_000, "the book stays near its lifetime: {peak}");
     }
 
     #[test]

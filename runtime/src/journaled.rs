@@ -332,6 +332,9 @@ pub enum RecoverError {
     /// The journal could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The thread that reads the journal during a pipelined replay could not start.
+    #[error("cannot start the replay thread: {0}")]
+    Spawn(#[source] io::Error),
 }
 
 /// Rebuilds state after a restart: loads the newest intact snapshot (or `initial()`), then

@@ -11,19 +11,17 @@
 //! hash). `--serve` runs the engine until SIGINT/SIGTERM; `--recover-only` prints what
 //! recovery rebuilds from a directory.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
-use hdrhistogram::Histogram;
-use peregrine::journal::Config as JournalConfig;
-use peregrine::journaled::{Recovered, Snapshot};
-use peregrine::pipeline::{Logic, Pipeline, Reply, Running};
+use peregrine::journaled::Recovered;
+use peregrine::pipeline::Running;
 use peregrine::ring::BoxError;
 use peregrine::signals::ShutdownSignal;
-use peregrine_examples::book::{random_commands, Command, Exchange, Reject, Report, COMMAND_LEN};
+use peregrine_examples::engine::{load, pipeline, Books};
 
 #[derive(Parser, Debug)]
 #[command(name = "engine", about = "An order-matching engine on peregrine")]
@@ -60,83 +58,6 @@ struct Args {
     metrics: Option<SocketAddr>,
 }
 
-/// Largest command payload accepted (a command is `COMMAND_LEN` bytes).
-const MAX_PAYLOAD: usize = 64;
-
-/// A command as the decode stage leaves it: decoded, or the order id of a malformed one
-/// (0 when even that is unreadable).
-#[derive(Debug)]
-struct Order(Result<Command, u64>);
-
-impl Default for Order {
-    fn default() -> Self {
-        Order(Err(0))
-    }
-}
-
-/// The business logic: the books of every instrument. Reports of one command go back as
-/// one frame (a run of encoded reports).
-struct Books {
-    exchange: Exchange,
-    reports: Vec<Report>,
-}
-
-impl Books {
-    fn new(instruments: u32) -> Self {
-        Books {
-            exchange: Exchange::new(instruments),
-            reports: Vec::with_capacity(64),
-        }
-    }
-}
-
-impl Snapshot for Books {
-    fn save(&self, out: &mut Vec<u8>) {
-        self.exchange.save(out)
-    }
-    fn load(bytes: &[u8]) -> Result<Self, BoxError> {
-        let exchange = Exchange::load(bytes).ok_or("not a snapshot of the books")?;
-        Ok(Books {
-            exchange,
-            reports: Vec::with_capacity(64),
-        })
-    }
-}
-
-impl Logic for Books {
-    type Command = Order;
-
-    fn decode(payload: &[u8]) -> Order {
-        Order(Command::decode(payload))
-    }
-
-    fn apply(&mut self, command: &Order, reply: &mut Reply<'_>) {
-        self.reports.clear();
-        match &command.0 {
-            Ok(command) => self.exchange.apply(command, &mut self.reports),
-            Err(order) => self.reports.push(Report::Rejected {
-                order: *order,
-                reason: Reject::Malformed,
-            }),
-        }
-        let reports = &self.reports;
-        reply.send(|out| reports.iter().for_each(|r| r.encode(out)));
-    }
-}
-
-/// The engine on the LMAX pipeline: reactor -> journal || decode -> logic -> reactor.
-fn pipeline(dir: &Path, listen: SocketAddr, snapshot_every: u64) -> Pipeline {
-    Pipeline::new(dir)
-        .listen(listen)
-        .max_payload(MAX_PAYLOAD)
-        .journal(
-            JournalConfig::default()
-                .segment_size(16 << 20)
-                .pretouch(true),
-        )
-        .snapshot_every(snapshot_every)
-}
-
 fn start(
     dir: &Path,
     listen: SocketAddr,
@@ -163,101 +84,6 @@ fn start(
 fn recover_books(dir: &Path, instruments: u32) -> Result<Recovered<Books>, BoxError> {
     let listen = SocketAddr::from(([127, 0, 0, 1], 0));
     Ok(pipeline(dir, listen, 0).recover(|| Books::new(instruments))?)
-}
-
-/// Load generator results.
-struct Load {
-    sent: u64,
-    answered: u64,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-}
-
-/// Sends random commands at a fixed rate on `connections` connections and times each
-/// reply from the command's intended send time (so a stalled engine cannot hide its
-/// stall: no coordinated omission).
-fn load(
-    addr: SocketAddr,
-    connections: u64,
-    rate: u64,
-    seconds: u64,
-    instruments: u32,
-) -> Result<Load, BoxError> {
-    let per_conn = (rate / connections).max(1);
-    let interval = Duration::from_nanos(1_000_000_000 / per_conn);
-    let count = (per_conn * seconds) as usize;
-    let start = Instant::now() + Duration::from_millis(50);
-    let mut threads = Vec::new();
-    for c in 0..connections {
-        let commands = random_commands(0xC0FFEE + c, count, instruments, (c + 1) << 40);
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("load-{c}"))
-                .spawn(move || -> Result<(u64, Histogram<u64>), String> {
-                    let stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-                    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-                    let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
-                    let receiver =
-                        std::thread::spawn(move || -> Result<(u64, Histogram<u64>), String> {
-                            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-                                .expect("bounds");
-                            let mut header = [0u8; 4];
-                            let mut body = vec![0u8; 1 << 16];
-                            let mut answered = 0u64;
-                            reader
-                                .set_read_timeout(Some(Duration::from_secs(10)))
-                                .map_err(|e| e.to_string())?;
-                            while (answered as usize) < count {
-                                reader
-                                    .read_exact(&mut header)
-                                    .map_err(|e| format!("reply {answered}: {e}"))?;
-                                let len = u32::from_le_bytes(header) as usize;
-                                if len > body.len() {
-                                    body.resize(len, 0);
-                                }
-                                reader
-                                    .read_exact(&mut body[..len])
-                                    .map_err(|e| e.to_string())?;
-                                // Replies come back in command order on a connection.
-                                let intended = start + interval * answered as u32;
-                                h.saturating_record(intended.elapsed().as_nanos() as u64);
-                                answered += 1;
-                            }
-                            Ok((answered, h))
-                        });
-                    let mut writer = stream;
-                    let mut frame = Vec::with_capacity(4 + COMMAND_LEN);
-                    for (i, command) in commands.iter().enumerate() {
-                        let intended = start + interval * i as u32;
-                        while Instant::now() < intended {
-                            std::thread::sleep(
-                                Duration::from_micros(20).min(intended - Instant::now()),
-                            );
-                        }
-                        frame.clear();
-                        frame.extend_from_slice(&(COMMAND_LEN as u32).to_le_bytes());
-                        frame.extend_from_slice(&command.encode());
-                        writer.write_all(&frame).map_err(|e| e.to_string())?;
-                    }
-                    receiver
-                        .join()
-                        .map_err(|_| "receiver panicked".to_string())?
-                })?,
-        );
-    }
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let mut answered = 0;
-    for t in threads {
-        let (n, h) = t.join().map_err(|_| "load thread panicked")??;
-        answered += n;
-        latency.add(&h)?;
-    }
-    Ok(Load {
-        sent: count as u64 * connections,
-        answered,
-        elapsed: start.elapsed(),
-        latency,
-    })
 }
 
 fn main() {
@@ -318,7 +144,7 @@ fn run(args: Args) -> Result<(), BoxError> {
         engine.local_addr(),
         args.connections,
         args.rate,
-        args.seconds,
+        Duration::from_secs(args.seconds),
         args.instruments,
     )?;
     let stopped = engine.stop()?;

@@ -1,0 +1,212 @@
+//! The order-matching engine as a library: the business logic ([`Books`]) on the
+//! [`Pipeline`], and the fixed-rate load generator ([`load`]) that times each reply from
+//! its intended send time. The `engine` binary and the engine benchmark both use them.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use peregrine::journal::Config as JournalConfig;
+use peregrine::journaled::Snapshot;
+use peregrine::pipeline::{Logic, Pipeline, Reply};
+use peregrine::ring::BoxError;
+
+use crate::book::{random_commands, Command, Exchange, Reject, Report, COMMAND_LEN};
+
+/// Largest command payload accepted (a command is `COMMAND_LEN` bytes).
+pub const MAX_PAYLOAD: usize = 64;
+
+/// A command as the decode stage leaves it: decoded, or the order id of a malformed one
+/// (0 when even that is unreadable).
+#[derive(Debug)]
+pub struct Order(pub Result<Command, u64>);
+
+impl Default for Order {
+    fn default() -> Self {
+        Order(Err(0))
+    }
+}
+
+/// The business logic: the books of every instrument. Reports of one command go back as
+/// one frame (a run of encoded reports).
+#[derive(Debug)]
+pub struct Books {
+    /// The books.
+    pub exchange: Exchange,
+    reports: Vec<Report>,
+}
+
+impl Books {
+    /// Empty books for `instruments` instruments.
+    pub fn new(instruments: u32) -> Self {
+        Books {
+            exchange: Exchange::new(instruments),
+            reports: Vec::with_capacity(64),
+        }
+    }
+}
+
+impl Snapshot for Books {
+    fn save(&self, out: &mut Vec<u8>) {
+        self.exchange.save(out)
+    }
+    fn load(bytes: &[u8]) -> Result<Self, BoxError> {
+        let exchange = Exchange::load(bytes).ok_or("not a snapshot of the books")?;
+        Ok(Books {
+            exchange,
+            reports: Vec::with_capacity(64),
+        })
+    }
+}
+
+impl Logic for Books {
+    type Command = Order;
+
+    fn decode(payload: &[u8]) -> Order {
+        Order(Command::decode(payload))
+    }
+
+    fn apply(&mut self, command: &Order, reply: &mut Reply<'_>) {
+        if reply.is_replay() {
+            // Answered before the restart: only the books matter.
+            if let Ok(command) = &command.0 {
+                self.exchange.apply_with(command, |_| {});
+            }
+            return;
+        }
+        self.reports.clear();
+        match &command.0 {
+            Ok(command) => self.exchange.apply(command, &mut self.reports),
+            Err(order) => self.reports.push(Report::Rejected {
+                order: *order,
+                reason: Reject::Malformed,
+            }),
+        }
+        let reports = &self.reports;
+        reply.send(|out| reports.iter().for_each(|r| r.encode(out)));
+    }
+}
+
+/// The engine on the LMAX pipeline: reactor -> journal || decode -> logic -> reactor,
+/// keeping its journal and snapshots in `dir`.
+pub fn pipeline(dir: &Path, listen: SocketAddr, snapshot_every: u64) -> Pipeline {
+    Pipeline::new(dir)
+        .listen(listen)
+        .max_payload(MAX_PAYLOAD)
+        .journal(
+            JournalConfig::default()
+                .segment_size(16 << 20)
+                .pretouch(true),
+        )
+        .snapshot_every(snapshot_every)
+}
+
+/// Load generator results.
+#[derive(Debug)]
+pub struct Load {
+    /// Commands sent.
+    pub sent: u64,
+    /// Replies received.
+    pub answered: u64,
+    /// From the first intended send to the last reply.
+    pub elapsed: Duration,
+    /// Round trips in nanoseconds, from each command's intended send time.
+    pub latency: Histogram<u64>,
+}
+
+/// Sends random commands at a fixed rate on `connections` connections and times each
+/// reply from the command's intended send time (so a stalled engine cannot hide its
+/// stall: no coordinated omission).
+///
+/// Any server that answers each length-prefixed frame with one length-prefixed frame, in
+/// order, can be measured this way (the engine, or a bare echo server as a floor).
+///
+/// # Errors
+///
+/// A connection fails, or a reply does not come within 10 seconds.
+pub fn load(
+    addr: SocketAddr,
+    connections: u64,
+    rate: u64,
+    duration: Duration,
+    instruments: u32,
+) -> Result<Load, BoxError> {
+    let connections = connections.max(1);
+    let per_conn = (rate / connections).max(1);
+    let interval = Duration::from_nanos(1_000_000_000 / per_conn);
+    let count = ((per_conn as u128 * duration.as_nanos()) / 1_000_000_000).max(1) as usize;
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut threads = Vec::new();
+    for c in 0..connections {
+        let commands = random_commands(0xC0FFEE + c, count, instruments, (c + 1) << 40);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("load-{c}"))
+                .spawn(move || -> Result<(u64, Histogram<u64>), String> {
+                    let stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+                    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                    let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
+                    let receiver =
+                        std::thread::spawn(move || -> Result<(u64, Histogram<u64>), String> {
+                            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+                                .expect("bounds");
+                            let mut header = [0u8; 4];
+                            let mut body = vec![0u8; 1 << 16];
+                            let mut answered = 0u64;
+                            reader
+                                .set_read_timeout(Some(Duration::from_secs(10)))
+                                .map_err(|e| e.to_string())?;
+                            while (answered as usize) < count {
+                                reader
+                                    .read_exact(&mut header)
+                                    .map_err(|e| format!("reply {answered}: {e}"))?;
+                                let len = u32::from_le_bytes(header) as usize;
+                                if len > body.len() {
+                                    body.resize(len, 0);
+                                }
+                                reader
+                                    .read_exact(&mut body[..len])
+                                    .map_err(|e| e.to_string())?;
+                                // Replies come back in command order on a connection.
+                                let intended = start + interval * answered as u32;
+                                h.saturating_record(intended.elapsed().as_nanos() as u64);
+                                answered += 1;
+                            }
+                            Ok((answered, h))
+                        });
+                    let mut writer = stream;
+                    let mut frame = Vec::with_capacity(4 + COMMAND_LEN);
+                    for (i, command) in commands.iter().enumerate() {
+                        let intended = start + interval * i as u32;
+                        while Instant::now() < intended {
+                            std::thread::sleep(
+                                Duration::from_micros(20).min(intended - Instant::now()),
+                            );
+                        }
+                        frame.clear();
+                        frame.extend_from_slice(&(COMMAND_LEN as u32).to_le_bytes());
+                        frame.extend_from_slice(&command.encode());
+                        writer.write_all(&frame).map_err(|e| e.to_string())?;
+                    }
+                    receiver
+                        .join()
+                        .map_err(|_| "receiver panicked".to_string())?
+                })?,
+        );
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut answered = 0;
+    for t in threads {
+        let (n, h) = t.join().map_err(|_| "load thread panicked")??;
+        answered += n;
+        latency.add(&h)?;
+    }
+    Ok(Load {
+        sent: count as u64 * connections,
+        answered,
+        elapsed: start.elapsed(),
+        latency,
+    })
+}

@@ -1,0 +1,364 @@
+//! The order engine end to end, against floors measured in the same run.
+//!
+//! ```text
+//! cargo bench -p peregrine-benches --bench engine              # about a minute
+//! cargo bench -p peregrine-benches --bench engine -- --quick   # seconds (CI)
+//! ```
+//!
+//! 1. **Round trip** at a fixed offered rate (100,000 orders/s over two loopback
+//!    connections by default): the engine (reactor, journal ‖ decode, order books, egress:
+//!    the `peregrine_examples::engine` pipeline) against a bare loopback TCP echo server
+//!    (one blocking thread per connection, the same frames, the same load generator), and
+//!    a closed-loop TCP ping-pong of the same message size. Each reply is timed from its
+//!    command's intended send time, so a stall shows in the tail (no coordinated omission).
+//! 2. **Replay**: rebuilding the books from a journal of random orders through the
+//!    pipeline's recovery (decode and apply each record), against a raw scan of the same
+//!    journal (CRC-checked read of every record) on the same warm page cache.
+//!
+//! `-- round-trip` or `-- replay` runs one part. Prints markdown tables (`benches/run.sh` copies them into BENCHMARKS.md).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use peregrine::journal::{Appender, Config, Reader};
+use peregrine::pipeline::Pipeline;
+use peregrine_benches::quick;
+use peregrine_examples::book::{market_commands, random_commands, Command, COMMAND_LEN};
+use peregrine_examples::engine::{load, pipeline, Books, Load};
+
+const INSTRUMENTS: u32 = 8;
+
+struct Plan {
+    rate: u64,
+    connections: u64,
+    duration: Duration,
+    rounds: usize,
+    ping_pongs: usize,
+    replay_records: usize,
+    replay_reps: usize,
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "peregrine-engine-bench-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A bare loopback TCP server answering each length-prefixed frame with itself: one
+/// blocking thread per connection, no ring, no journal.
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::Builder::new()
+        .name("floor-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let _ = stream.set_nodelay(true);
+                std::thread::Builder::new()
+                    .name("floor-echo".into())
+                    .spawn(move || {
+                        let mut frame = vec![0u8; 4 + 1024];
+                        loop {
+                            if stream.read_exact(&mut frame[..4]).is_err() {
+                                return;
+                            }
+                            let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+                            if len > 1024 || stream.read_exact(&mut frame[4..4 + len]).is_err() {
+                                return;
+                            }
+                            if stream.write_all(&frame[..4 + len]).is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .expect("spawn echo thread");
+            }
+        })
+        .expect("spawn accept thread");
+    addr
+}
+
+/// Closed loop: one frame of the command's size in flight at a time.
+fn ping_pong(addr: SocketAddr, n: usize) -> Histogram<u64> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut frame = vec![0u8; 4 + COMMAND_LEN];
+    frame[..4].copy_from_slice(&(COMMAND_LEN as u32).to_le_bytes());
+    let mut reply = frame.clone();
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    for i in 0..n + n / 10 {
+        let start = Instant::now();
+        stream.write_all(&frame).expect("write");
+        stream.read_exact(&mut reply).expect("read");
+        if i >= n / 10 {
+            h.saturating_record(start.elapsed().as_nanos() as u64);
+        }
+    }
+    h
+}
+
+struct Row {
+    name: &'static str,
+    latency: Histogram<u64>,
+    sent: u64,
+    answered: u64,
+}
+
+impl Row {
+    fn new(name: &'static str) -> Self {
+        Row {
+            name,
+            latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("bounds"),
+            sent: 0,
+            answered: 0,
+        }
+    }
+    fn add(&mut self, l: &Load) {
+        self.latency.add(&l.latency).expect("same bounds");
+        self.sent += l.sent;
+        self.answered += l.answered;
+    }
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+fn round_trip(plan: &Plan) {
+    println!("### Round trip at {} orders/s offered\n", plan.rate);
+    println!(
+        "{} connection(s), {} round(s) of {:.1} s per server, interleaved; {} instruments. \
+         Microseconds from each command's intended send time to its reply.\n",
+        plan.connections,
+        plan.rounds,
+        plan.duration.as_secs_f64(),
+        INSTRUMENTS
+    );
+    let floor_addr = echo_server();
+    let mut floor = Row::new("floor: bare TCP echo, same load");
+    let mut engine = Row::new("**peregrine engine**");
+    for round in 0..plan.rounds {
+        let l = load(
+            floor_addr,
+            plan.connections,
+            plan.rate,
+            plan.duration,
+            INSTRUMENTS,
+        )
+        .expect("load against the echo floor");
+        floor.add(&l);
+
+        let dir = temp(&format!("rt{round}"));
+        let running = pipeline(&dir, SocketAddr::from(([127, 0, 0, 1], 0)), 0)
+            .start(|| Books::new(INSTRUMENTS))
+            .expect("start the engine");
+        let l = load(
+            running.local_addr(),
+            plan.connections,
+            plan.rate,
+            plan.duration,
+            INSTRUMENTS,
+        )
+        .expect("load against the engine");
+        let stopped = running.stop().expect("stop the engine");
+        assert!(stopped.failure.is_none(), "{:?}", stopped.failure);
+        engine.add(&l);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let pp = ping_pong(floor_addr, plan.ping_pongs);
+    println!("| server | answered | p50 | p99 | p99.9 | p99.99 | max | p99 ÷ echo p99 | p99 ÷ ping-pong p99 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let (echo_p99, pp_p99) = (
+        floor.latency.value_at_quantile(0.99).max(1),
+        pp.value_at_quantile(0.99).max(1),
+    );
+    let line = |name: &str, h: &Histogram<u64>, answered: String| {
+        let p99 = h.value_at_quantile(0.99);
+        println!(
+            "| {name} | {answered} | {} | {} | {} | {} | {} | {:.2} | {:.2} |",
+            us(h.value_at_quantile(0.5)),
+            us(p99),
+            us(h.value_at_quantile(0.999)),
+            us(h.value_at_quantile(0.9999)),
+            us(h.max()),
+            p99 as f64 / echo_p99 as f64,
+            p99 as f64 / pp_p99 as f64,
+        );
+    };
+    line(
+        "floor: TCP ping-pong, one in flight",
+        &pp,
+        format!("{} of {}", pp.len(), pp.len()),
+    );
+    for row in [&floor, &engine] {
+        line(
+            row.name,
+            &row.latency,
+            format!("{} of {}", row.answered, row.sent),
+        );
+    }
+    let ratio = engine.latency.value_at_quantile(0.99) as f64 / pp_p99 as f64;
+    println!(
+        "\ntarget: engine p99 within 2x a bare loopback TCP ping-pong of the same message size: {ratio:.2}x ({})\n",
+        if ratio <= 2.0 { "met" } else { "missed" }
+    );
+}
+
+/// Writes `commands` to a fresh journal as the engine journals them (each command's
+/// payload, appended in batches); returns the payload bytes.
+fn write_journal(dir: &Path, commands: &[Command]) -> u64 {
+    let (mut appender, _) = Appender::open(
+        dir.join("journal"),
+        Config::default().segment_size(64 << 20),
+    )
+    .expect("open journal");
+    let encoded: Vec<_> = commands.iter().map(|c| c.encode()).collect();
+    for batch in encoded.chunks(64) {
+        appender
+            .append_batch(batch.iter().map(|c| &c[..]))
+            .expect("append");
+    }
+    appender.sync().expect("sync");
+    encoded.iter().map(|c| c.len() as u64).sum()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Times a raw scan and a replay of one journal, interleaved; returns (scan, replay,
+/// orders resting at the end).
+fn scan_and_replay(dir: &Path, records: usize, reps: usize) -> (Duration, Duration, usize) {
+    let mut scans = Vec::new();
+    let mut replays = Vec::new();
+    let mut hash = None;
+    let mut resting = 0;
+    for _ in 0..reps {
+        let start = Instant::now();
+        let mut reader = Reader::open(dir.join("journal")).expect("open reader");
+        let (mut n, mut sum) = (0usize, 0u64);
+        while let Some(r) = reader.next().expect("read") {
+            n += 1;
+            sum = sum.wrapping_add(r.payload()[0] as u64);
+        }
+        std::hint::black_box(sum);
+        scans.push(start.elapsed());
+        assert_eq!(n, records);
+
+        let start = Instant::now();
+        let recovered = Pipeline::new(dir)
+            .recover(|| Books::new(INSTRUMENTS))
+            .expect("recover");
+        replays.push(start.elapsed());
+        assert_eq!(recovered.replayed as usize, records);
+        resting = recovered.state.exchange.resting_orders();
+        let h = recovered.state.exchange.book_hash();
+        assert!(hash.is_none_or(|x| x == h), "replay is deterministic");
+        hash = Some(h);
+    }
+    (median(scans), median(replays), resting)
+}
+
+fn replay(plan: &Plan) {
+    const LIFETIME: u64 = 10_000;
+    println!(
+        "### Replay into the books
+"
+    );
+    println!(
+        "{} commands per journal on {} instruments, median of {} interleaved repetitions on a \
+         warm page cache. The floor is a raw scan of the same journal (a CRC-checked read of \
+         every record); replay is `Pipeline::recover`, decoding and applying each record to \
+         the books as a restart does.\n",
+        plan.replay_records, INSTRUMENTS, plan.replay_reps
+    );
+    println!("| order flow | orders resting at the end | raw scan M rec/s | replay M rec/s | replay ÷ scan |");
+    println!("|---|---:|---:|---:|---:|");
+    let flows: [(&str, Vec<Command>); 2] = [
+        (
+            "venue-like: prices near a drifting mid, 9 in 10 orders cancelled (mean lifetime 10,000 commands)",
+            market_commands(0x5EED, plan.replay_records, INSTRUMENTS, 1, LIFETIME),
+        ),
+        (
+            "uniform random (the tests' stream): cancels of random past ids, the book grows without bound",
+            random_commands(0x5EED, plan.replay_records, INSTRUMENTS, 1),
+        ),
+    ];
+    let mut target = None;
+    for (name, commands) in flows {
+        let dir = temp("replay");
+        write_journal(&dir, &commands);
+        drop(commands);
+        let (scan, rebuild, resting) = scan_and_replay(&dir, plan.replay_records, plan.replay_reps);
+        let rate = |d: Duration| plan.replay_records as f64 / d.as_secs_f64() / 1e6;
+        let ratio = scan.as_secs_f64() / rebuild.as_secs_f64();
+        println!(
+            "| {name} | {resting} | {:.2} | {:.2} | {ratio:.2} |",
+            rate(scan),
+            rate(rebuild)
+        );
+        target.get_or_insert(ratio);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let ratio = target.unwrap_or(0.0);
+    println!(
+        "\ntarget: replay into the books at 0.5x or more of the raw scan rate (venue-like flow): {ratio:.2}x ({})\n",
+        if ratio >= 0.5 { "met" } else { "missed" }
+    );
+}
+
+fn main() {
+    let quick = quick();
+    let plan = if quick {
+        Plan {
+            rate: 100_000,
+            connections: 2,
+            duration: Duration::from_millis(300),
+            rounds: 1,
+            ping_pongs: 5_000,
+            replay_records: 100_000,
+            replay_reps: 3,
+        }
+    } else {
+        Plan {
+            rate: 100_000,
+            connections: 2,
+            duration: Duration::from_secs(3),
+            rounds: 3,
+            ping_pongs: 200_000,
+            replay_records: 2_000_000,
+            replay_reps: 5,
+        }
+    };
+    let started = Instant::now();
+    println!(
+        "## Engine ({} mode)\n",
+        if quick { "quick" } else { "full" }
+    );
+    println!(
+        "`cargo bench -p peregrine-benches --bench engine{}`; {} usable core(s).\n",
+        if quick { " -- --quick" } else { "" },
+        peregrine_benches::cores().len()
+    );
+    // `-- replay` or `-- round-trip` runs one part only.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    if wanted("round-trip") {
+        round_trip(&plan);
+    }
+    if wanted("replay") {
+        replay(&plan);
+    }
+    println!("total bench time: {:.1} s", started.elapsed().as_secs_f64());
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the benchmark suite (throughput, latency, journal) and writes BENCHMARKS.md: the
+# Runs the benchmark suite (throughput, latency, journal, engine, reactor echo) and writes
+# BENCHMARKS.md: the
 # machine, the date, the command, and every figure as an absolute value and as a ratio to
 # the best peer and to the floor measured in the same run.
 #
@@ -32,10 +33,10 @@ export CRITERION_HOME="$work/criterion"
 printf 'load-start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$PEREGRINE_BENCH_OUT"
 
 bench() {
-    local name="$1"
+    local name="$1" package="${2:-peregrine-benches}"
     echo "=== $name ($(date -u +%H:%M:%S))" >&2
     local started=$SECONDS
-    if cargo bench -p peregrine-benches --bench "$name" -- ${quick[@]+"${quick[@]}"} \
+    if cargo bench -p "$package" --bench "$name" -- ${quick[@]+"${quick[@]}"} \
         >"$work/$name.out" 2>"$work/$name.err"; then
         echo "$name: $((SECONDS - started)) s" >&2
         printf 'bench-time\t%s\t%s\n' "$name" "$((SECONDS - started))" >>"$PEREGRINE_BENCH_OUT"
@@ -47,10 +48,12 @@ bench() {
     cat "$work/$name.out" >&2
 }
 
-cargo bench -p peregrine-benches --no-run >&2
+cargo bench -p peregrine-benches -p peregrine-reactor --no-run >&2
 bench throughput
 bench latency
 bench journal
+bench engine
+bench echo peregrine-reactor
 
 python3 - "$work" "$output" "$command_line" <<'PY'
 import json, os, platform, re, subprocess, sys, datetime
@@ -236,6 +239,22 @@ elif "|" not in text:
 else:
     w("`cargo bench -p peregrine-benches --bench journal`, as it printed it:\n")
     w(text.strip() + "\n")
+
+# ------------------------------------------------------- engine and reactor (as printed)
+def printed(name, title, command):
+    path = os.path.join(work, name + ".out")
+    text = open(path).read() if os.path.exists(path) else ""
+    if name in failed:
+        w(f"## {title}\n\nThe {name} bench failed in this run; see the console output of `benches/run.sh`.\n")
+    elif "|" not in text:
+        w(f"## {title}\n\nThe {name} bench printed no table in this run.\n")
+    else:
+        if not text.lstrip().startswith("## "):
+            w(f"## {title}\n\n`{command}`, as it printed it:\n")
+        w(text.strip() + "\n")
+
+printed("engine", "Engine", "cargo bench -p peregrine-benches --bench engine")
+printed("echo", "Reactor", "cargo bench -p peregrine-reactor --bench echo")
 
 open(output, "w").write("\n".join(out).rstrip() + "\n")
 print(f"wrote {output}", file=sys.stderr)

@@ -147,7 +147,7 @@ pub fn load(
                 .spawn(move || -> Result<(u64, Histogram<u64>), String> {
                     let stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
                     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-                    let mut reader = stream.try_clone().map_err(|e| e.to_string())?;
+                    let reader = stream.try_clone().map_err(|e| e.to_string())?;
                     let receiver =
                         std::thread::spawn(move || -> Result<(u64, Histogram<u64>), String> {
                             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
@@ -158,6 +158,8 @@ pub fn load(
                             reader
                                 .set_read_timeout(Some(Duration::from_secs(10)))
                                 .map_err(|e| e.to_string())?;
+                            // Replies arrive in runs: take each run in one read.
+                            let mut reader = std::io::BufReader::with_capacity(1 << 16, reader);
                             while (answered as usize) < count {
                                 reader
                                     .read_exact(&mut header)

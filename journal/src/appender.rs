@@ -8,6 +8,7 @@
 //! is created, preallocated and pre-faulted by a background thread while the current one
 //! fills, so the roll itself is a header write, a seal and a `rename`.
 
+use std::collections::VecDeque;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::DirBuilderExt;
@@ -55,6 +56,27 @@ pub enum Durability {
     Always,
 }
 
+/// Who creates and pre-faults the next segments, so that appends take no page faults and a
+/// roll does not create a file.
+///
+/// | mode | who | fits |
+/// |---|---|---|
+/// | `Background` (default) | a background thread, two segments ahead | a spare core for it, or an appender that may be preempted now and then |
+/// | `OnIdle` | the appending thread, one step per [`Appender::pretouch`] call from its idle loop | busy-spinning appenders and readers with no core to spare (Chronicle Queue's model) |
+/// | `Off` | nobody: each first write to a page faults, and a roll creates the file | tests, tiny journals |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Pretouch {
+    /// No pre-faulting.
+    Off,
+    /// A background thread prepares the next two segments while the current one fills.
+    #[default]
+    Background,
+    /// The appending thread prepares the next segment in steps, when it calls
+    /// [`Appender::pretouch`]. A roll takes the prepared segment as far as it got.
+    OnIdle,
+}
+
 /// How a journal is opened for appending.
 ///
 /// ```
@@ -72,7 +94,7 @@ pub struct Config {
     segment_size: u64,
     index_block: u32,
     durability: Durability,
-    pretouch: bool,
+    pretouch: Pretouch,
     repair_corrupt_tail: bool,
 }
 
@@ -82,7 +104,7 @@ impl Default for Config {
             segment_size: 64 * 1024 * 1024,
             index_block: 4096,
             durability: Durability::None,
-            pretouch: true,
+            pretouch: Pretouch::Background,
             repair_corrupt_tail: false,
         }
     }
@@ -112,9 +134,10 @@ impl Config {
         self
     }
 
-    /// Whether a background thread creates, preallocates and pre-faults the next segment
-    /// while the current one fills, keeping page faults and file creation off the append
-    /// path. Default `true`.
+    /// Whether a background thread creates, preallocates and pre-faults the next two
+    /// segments while the current one fills, keeping page faults and file creation off the
+    /// append path: `true` is [`Pretouch::Background`] (the default), `false`
+    /// [`Pretouch::Off`]. See [`pretouch_mode`](Self::pretouch_mode) for the third choice.
     ///
     /// The background thread does not inherit the appending thread's CPU pinning: it may run
     /// on any CPU the process is allowed, so it never time-slices with a busy-spinning
@@ -131,7 +154,20 @@ impl Config {
     /// write fault again. Segments sized to fill within that time keep the benefit.
     #[must_use]
     pub fn pretouch(mut self, pretouch: bool) -> Self {
-        self.pretouch = pretouch;
+        self.pretouch = if pretouch {
+            Pretouch::Background
+        } else {
+            Pretouch::Off
+        };
+        self
+    }
+
+    /// Who pre-faults the next segments; see [`Pretouch`]. Default [`Pretouch::Background`].
+    /// What [`pretouch`](Self::pretouch) says about huge pages and writeback applies to
+    /// every mode but `Off`.
+    #[must_use]
+    pub fn pretouch_mode(mut self, mode: Pretouch) -> Self {
+        self.pretouch = mode;
         self
     }
 
@@ -160,7 +196,7 @@ impl Config {
 
     /// Whether segments are pre-faulted in huge pages (see [`Config::pretouch`]).
     fn huge_pages(&self) -> bool {
-        self.pretouch && self.durability == Durability::None
+        self.pretouch != Pretouch::Off && self.durability == Durability::None
     }
 
     /// Largest payload one record can carry with this configuration.
@@ -275,6 +311,8 @@ pub struct Appender {
     uncommitted: Option<(usize, u32)>,
     /// The background thread that prepares the next segment and unmaps retired ones.
     pretoucher: Option<Pretoucher>,
+    /// The same work under [`Pretouch::OnIdle`], done by [`Appender::pretouch`].
+    idle: IdleWork,
     /// Set while a roll is in progress; stays set if the roll failed half way.
     failed: bool,
     max_payload: usize,
@@ -346,7 +384,7 @@ impl Appender {
                     &dir,
                     0,
                     config.segment_size,
-                    config.pretouch,
+                    config.pretouch != Pretouch::Off,
                     config.huge_pages(),
                 )?;
                 let active = publish(&dir, prepared, 0, &config, durable_mode)?;
@@ -372,9 +410,12 @@ impl Appender {
             .flush_range(0, tail.offset.min(active.map.bytes().len()))
             .map_err(Fault::io(&active.path))?;
         let mut active = active;
-        if config.pretouch {
+        if config.pretouch != Pretouch::Off {
             // A reopened tail was faulted in by the previous process, not this one.
-            active.map.prefault_from(tail.offset, config.huge_pages());
+            if config.huge_pages() {
+                active.map.advise_huge_pages();
+            }
+            active.map.prefault_from(tail.offset);
         }
         let mut appender = Appender {
             max_payload: config.max_payload(),
@@ -391,6 +432,7 @@ impl Appender {
             rolled_since_sync: false,
             uncommitted: None,
             pretoucher: None,
+            idle: IdleWork::default(),
             failed: false,
             active,
             _lock: lock,
@@ -556,6 +598,55 @@ impl Appender {
         self.active.header.index
     }
 
+    /// Under [`Pretouch::OnIdle`], does one bounded step of preparing the next segment on
+    /// this thread and returns whether more steps are left; under other modes does nothing
+    /// and returns `false`. Call it from the appending thread's idle loop (when the next
+    /// message is not due yet) until it returns `false`, and again after each roll.
+    ///
+    /// A step is one of: unmap the segment left at the last roll; create, preallocate and
+    /// map the next segment file; pre-fault the next 2 MiB of it (one huge page where the
+    /// file system offers them: roughly 0.1 to 0.3 ms, most of it zeroing memory). A segment
+    /// of `S` MiB takes `S / 2 + 2` steps.
+    ///
+    /// # Errors
+    ///
+    /// [`AppendError::Io`] when creating or preallocating the next segment file fails
+    /// (the roll then tries again and reports its own error).
+    pub fn pretouch(&mut self) -> Result<bool, AppendError> {
+        if self.config.pretouch != Pretouch::OnIdle {
+            return Ok(false);
+        }
+        if let Some(retired) = self.idle.retired.take() {
+            drop(retired);
+            return Ok(true);
+        }
+        let index = self.active.header.index + 1;
+        match &mut self.idle.next {
+            Some(next) if next.prepared.index == index => {
+                let len = next.prepared.map.bytes().len();
+                if next.faulted < len {
+                    next.prepared.map.prefault_range(next.faulted, IDLE_STEP);
+                    next.faulted = (next.faulted + IDLE_STEP).min(len);
+                }
+                Ok(next.faulted < len)
+            }
+            _ => {
+                let prepared = catalog::prepare(
+                    &self.dir,
+                    index,
+                    self.config.segment_size,
+                    false,
+                    self.config.huge_pages(),
+                )?;
+                self.idle.next = Some(IdleNext {
+                    prepared,
+                    faulted: 0,
+                });
+                Ok(true)
+            }
+        }
+    }
+
     /// Writes everything of a record but its length word at `self.offset` and advances the
     /// offset. The caller made room and publishes the returned length word.
     #[inline]
@@ -664,10 +755,10 @@ impl Appender {
         Ok(())
     }
 
-    /// Asks the background thread to prepare the segment after the active one, starting the
-    /// thread on first use.
+    /// Asks the background thread to prepare the [`PREPARE_AHEAD`] segments after the active
+    /// one, starting the thread on first use.
     fn prepare_next(&mut self) {
-        if !self.config.pretouch {
+        if self.config.pretouch != Pretouch::Background {
             return;
         }
         if self.pretoucher.is_none() {
@@ -677,10 +768,14 @@ impl Appender {
                 self.config.huge_pages(),
             );
         }
-        let index = self.active.header.index + 1;
+        let active = self.active.header.index;
         if let Some(pretoucher) = &mut self.pretoucher {
-            if pretoucher.pending.is_none() && pretoucher.jobs.send(Job::Prepare(index)).is_ok() {
-                pretoucher.pending = Some(index);
+            while pretoucher.pending.len() < PREPARE_AHEAD {
+                let index = pretoucher.pending.back().map_or(active, |&i| i) + 1;
+                if pretoucher.jobs.send(Job::Prepare(index)).is_err() {
+                    break;
+                }
+                pretoucher.pending.push_back(index);
             }
         }
     }
@@ -688,8 +783,16 @@ impl Appender {
     /// The prepared segment `index`: from the background thread when it has (or is making)
     /// one, otherwise made here, without pre-faulting.
     fn take_prepared(&mut self, index: u64) -> Result<Prepared, Fault> {
+        if let Some(next) = self.idle.next.take() {
+            if next.prepared.index == index {
+                // Pages not pre-faulted yet fault on first write.
+                return Ok(next.prepared);
+            }
+        }
         if let Some(pretoucher) = &mut self.pretoucher {
-            if pretoucher.pending.take() == Some(index) {
+            // Results arrive in the order asked for, so the oldest pending one is `index`.
+            if pretoucher.pending.front() == Some(&index) {
+                pretoucher.pending.pop_front();
                 if let Ok(Ok(prepared)) = pretoucher.ready.recv() {
                     if prepared.index == index {
                         return Ok(prepared);
@@ -737,7 +840,7 @@ impl Appender {
         self.sync_from = self.offset;
         self.next_slot = 0;
         let retired = std::mem::replace(&mut self.active, active);
-        // Unmapping a large dirty mapping takes tens of microseconds: not on this thread.
+        // Unmapping a large dirty mapping takes tens of microseconds or more: not here.
         match &self.pretoucher {
             Some(pretoucher) => {
                 if let Err(mpsc::SendError(Job::Retire(retired))) =
@@ -745,6 +848,10 @@ impl Appender {
                 {
                     drop(retired);
                 }
+            }
+            None if self.config.pretouch == Pretouch::OnIdle => {
+                // Unmapped by the next `pretouch` call (or the next roll).
+                drop(self.idle.retired.replace(Box::new(retired)));
             }
             None => drop(retired),
         }
@@ -859,6 +966,31 @@ impl std::fmt::Debug for PendingCrcs<'_> {
     }
 }
 
+/// Bytes one [`Appender::pretouch`] step pre-faults: one huge page.
+const IDLE_STEP: usize = 2 << 20;
+
+/// The background thread's work when the appending thread does it ([`Pretouch::OnIdle`]).
+#[derive(Debug, Default)]
+struct IdleWork {
+    /// The next segment, created and pre-faulted as far as the steps got.
+    next: Option<IdleNext>,
+    /// The segment left at the last roll, still mapped.
+    retired: Option<Box<Active>>,
+}
+
+/// A segment being prepared by [`Appender::pretouch`].
+#[derive(Debug)]
+struct IdleNext {
+    prepared: Prepared,
+    /// Bytes from the start already pre-faulted.
+    faulted: usize,
+}
+
+/// How many segments the background thread keeps prepared ahead of the active one. Two, so
+/// that a background thread that was descheduled for a while (or slowed by the appender's own
+/// memory traffic) has a whole segment's time to catch up before the appender waits at a roll.
+const PREPARE_AHEAD: usize = 2;
+
 /// Work for the background thread.
 enum Job {
     /// Create, preallocate and pre-fault this segment under its prepared name.
@@ -873,8 +1005,8 @@ enum Job {
 struct Pretoucher {
     jobs: mpsc::Sender<Job>,
     ready: mpsc::Receiver<Result<Prepared, Fault>>,
-    /// Index of the segment asked for and not yet received.
-    pending: Option<u64>,
+    /// Indices of the segments asked for and not yet received, oldest first.
+    pending: VecDeque<u64>,
     handle: JoinHandle<()>,
 }
 
@@ -913,7 +1045,7 @@ impl Pretoucher {
         Some(Pretoucher {
             jobs,
             ready,
-            pending: None,
+            pending: VecDeque::with_capacity(PREPARE_AHEAD),
             handle,
         })
     }

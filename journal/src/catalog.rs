@@ -201,8 +201,8 @@ pub(crate) struct Prepared {
 }
 
 /// Creates segment `index` under its prepared name: preallocated to `size` bytes (zeroed),
-/// mapped, and with every page faulted in when `prefault` is set (in huge pages where
-/// possible with `huge_pages`, see [`SegmentMap::prefault_from`]).
+/// mapped, asking for huge pages with `huge_pages` (see [`SegmentMap::advise_huge_pages`]),
+/// and with every page faulted in when `prefault` is set.
 pub(crate) fn prepare(
     dir: &Path,
     index: u64,
@@ -227,8 +227,11 @@ pub(crate) fn prepare(
     // SAFETY: the file was just created by this process under a name no reader opens; the
     // appender is its only writer and never truncates it (see `SegmentMap`'s `# Safety`).
     let mut map = unsafe { SegmentMap::new(&file) }.map_err(Fault::io(&path))?;
+    if huge_pages {
+        map.advise_huge_pages();
+    }
     if prefault {
-        map.prefault_from(0, huge_pages);
+        map.prefault_from(0);
     }
     Ok(Prepared {
         index,

@@ -59,7 +59,8 @@
 //!   journal.lock                   flock()ed by the single Appender
 //!   00000000000000000000.seg       sealed: readers continue in the next segment
 //!   00000000000000000001.seg       written by the Appender (mapped read-write)
-//!   00000000000000000002.seg.pre   next segment, preallocated and pre-faulted in background
+//!   00000000000000000002.seg.pre   next two segments, preallocated and pre-faulted
+//!   00000000000000000003.seg.pre   in the background
 //!   matching-engine.cursor         a consumer's saved position
 //!   archive/                       where Retention::archive may move old segments
 //!
@@ -137,7 +138,7 @@ mod map;
 mod reader;
 mod retention;
 
-pub use appender::{Appender, Config, Durability, RecoveryReport};
+pub use appender::{Appender, Config, Durability, Pretouch, RecoveryReport};
 pub use cursor::Cursor;
 pub use error::{AppendError, CommitError, CursorError, OpenError, ReadError, RetentionError};
 pub use reader::{verify, Reader, Record, Tailer, TailerWait, VerifyReport};

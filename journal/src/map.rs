@@ -139,34 +139,41 @@ impl SegmentMap {
         self.map.flush_range(offset, len)
     }
 
-    /// Faults every page from `offset` on in for writing so that appends do not take page
-    /// faults. Uses `MADV_POPULATE_WRITE` (Linux 5.14+) and falls back to touching one byte
-    /// per page (reading it and writing the same value back, so contents are unchanged).
-    ///
-    /// With `huge_pages`, first asks for transparent huge pages (`MADV_HUGEPAGE`): where the
-    /// file system caches files in large folios (ext4 and xfs on recent kernels) the segment
-    /// is then faulted in and mapped 2 MiB at a time, which makes pre-faulting several times
-    /// faster, unmapping cheaper and appends take fewer TLB misses. Ignored where unsupported.
-    pub(crate) fn prefault_from(&mut self, offset: usize, huge_pages: bool) {
-        let len = self.map.len();
+    /// Asks for transparent huge pages (`MADV_HUGEPAGE`) before pages are faulted in: where
+    /// the file system caches files in large folios (ext4 and xfs on recent kernels) the
+    /// segment is then faulted in and mapped 2 MiB at a time, which makes pre-faulting
+    /// several times faster, unmapping cheaper and appends take fewer TLB misses. Only
+    /// advice: ignored where unsupported.
+    pub(crate) fn advise_huge_pages(&self) {
+        let _ = self.map.advise(Advice::HugePage);
+    }
+
+    /// Faults every page from `offset` on in for writing; see [`prefault_range`](Self::prefault_range).
+    pub(crate) fn prefault_from(&mut self, offset: usize) {
+        self.prefault_range(offset, self.map.len().saturating_sub(offset));
+    }
+
+    /// Faults the pages covering `offset .. offset + len` (clamped to the segment) in for
+    /// writing so that appends do not take page faults. Uses `MADV_POPULATE_WRITE` (Linux
+    /// 5.14+) and falls back to touching one byte per page (reading it and writing the same
+    /// value back, so contents are unchanged).
+    pub(crate) fn prefault_range(&mut self, offset: usize, len: usize) {
+        let end = offset.saturating_add(len).min(self.map.len());
         let start = offset / 4096 * 4096;
-        if start >= len {
+        if start >= end {
             return;
-        }
-        if huge_pages {
-            let _ = self.map.advise(Advice::HugePage);
         }
         if self
             .map
-            .advise_range(Advice::PopulateWrite, start, len - start)
+            .advise_range(Advice::PopulateWrite, start, end - start)
             .is_ok()
         {
             return;
         }
         let base = self.map.as_mut_ptr();
         let mut at = start;
-        while at < len {
-            // SAFETY: `at < len`, so the byte is inside the mapping; only the single appender
+        while at < end {
+            // SAFETY: `at < end <= len`, so the byte is inside the mapping; only the single appender
             // writes segment bytes (see the type-level `# Safety`), and writing back the value
             // just read changes nothing but forces a write fault on the page.
             unsafe {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{pattern, small_config, TempDir};
 use peregrine_journal::{
-    verify, AppendError, Appender, CommitError, Config, Cursor, Durability, OpenError, ReadError,
-    Reader, Retention, Tailer, TailerWait,
+    verify, AppendError, Appender, CommitError, Config, Cursor, Durability, OpenError, Pretouch,
+    ReadError, Reader, Retention, Tailer, TailerWait,
 };
 
 fn read_all(dir: &std::path::Path, from: u64) -> Vec<(u64, Vec<u8>)> {
@@ -528,6 +528,42 @@ fn config_is_validated() {
             Err(OpenError::Config(_))
         ));
     }
+}
+
+#[test]
+fn pretouch_on_idle_prepares_the_next_segment_in_steps() {
+    let dir = TempDir::new("pretouch-idle");
+    let segment = 4u64 << 20;
+    let config = small_config()
+        .segment_size(segment)
+        .pretouch_mode(Pretouch::OnIdle);
+    let (mut appender, _) = Appender::open(dir.path(), config).unwrap();
+    let prepared = |index: u64| dir.join(&format!("{index:020}.seg.pre")).exists();
+    // Create, then two 2 MiB steps; nothing runs in the background.
+    let mut steps = 0;
+    while appender.pretouch().unwrap() {
+        steps += 1;
+        assert!(steps < 10, "a 4 MiB segment takes a handful of steps");
+    }
+    assert_eq!(steps, 2, "create, 2 MiB, then the last 2 MiB returns false");
+    assert!(prepared(1));
+    assert!(!prepared(2), "only the next segment, and only when asked");
+    let payload = vec![7u8; 4000];
+    let mut written = 0u64;
+    while appender.segment_index() < 3 {
+        appender.append(&payload).unwrap();
+        written += 1;
+        // Half-prepared segments are taken as they are at a roll.
+        if written % 300 == 0 {
+            appender.pretouch().unwrap();
+        }
+    }
+    assert_eq!(verify(dir.path()).unwrap().next_sequence, written);
+    assert!(read_all(dir.path(), 0).iter().all(|(_, p)| *p == payload));
+    // Other modes do nothing.
+    drop(appender);
+    let (mut background, _) = Appender::open(dir.path(), small_config()).unwrap();
+    assert!(!background.pretouch().unwrap());
 }
 
 #[test]

@@ -226,19 +226,45 @@ pub(crate) fn prepare(
     preallocate(&file, size).map_err(Fault::io(&path))?;
     // SAFETY: the file was just created by this process under a name no reader opens; the
     // appender is its only writer and never truncates it (see `SegmentMap`'s `# Safety`).
-    let mut map = unsafe { SegmentMap::new(&file) }.map_err(Fault::io(&path))?;
+    let map = unsafe { SegmentMap::new(&file) }.map_err(Fault::io(&path))?;
     if huge_pages {
         map.advise_huge_pages();
     }
-    if prefault {
-        map.prefault_from(0);
-    }
-    Ok(Prepared {
+    let mut prepared = Prepared {
         index,
         path,
         file,
         map,
-    })
+    };
+    if prefault {
+        prepared.prefault(0, size as usize);
+    }
+    Ok(prepared)
+}
+
+impl Prepared {
+    /// Brings `offset .. offset + len` of the new segment into the page cache and faults it
+    /// into the mapping for writing, so appends there take no page fault.
+    ///
+    /// The range is first written with zeros through `pwrite`: on ext4 a write fault on a
+    /// preallocated (unwritten) page that is not cached goes through the read path, and
+    /// faulting 8 MiB that way took 25 ms on the reference machine against 2 ms for
+    /// `pwrite` of zeros followed by the (then cheap) fault-in. The file is not published
+    /// yet and holds zeros, so writing zeros changes nothing a reader could see.
+    pub(crate) fn prefault(&mut self, offset: usize, len: usize) {
+        static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
+        let end = offset.saturating_add(len).min(self.map.bytes().len());
+        let mut at = offset;
+        while at < end {
+            let n = ZEROS.len().min(end - at);
+            // Only a speed-up: on failure the fault-in below does the work.
+            if self.file.write_all_at(&ZEROS[..n], at as u64).is_err() {
+                break;
+            }
+            at += n;
+        }
+        self.map.prefault_range(offset, end.saturating_sub(offset));
+    }
 }
 
 /// Reserves disk blocks for the whole file so that a full disk is an error now, not a

@@ -335,6 +335,15 @@ pub enum RecoverError {
     /// The thread that reads the journal during a pipelined replay could not start.
     #[error("cannot start the replay thread: {0}")]
     Spawn(#[source] io::Error),
+    /// Decoding or applying a journaled record failed (panicked) during replay, under a
+    /// policy that halts on failure: the state cannot be rebuilt past it.
+    #[error("replaying journal record {sequence} failed: {failure}")]
+    Failed {
+        /// The record's journal sequence.
+        sequence: u64,
+        /// The panic message.
+        failure: String,
+    },
 }
 
 /// Rebuilds state after a restart: loads the newest intact snapshot (or `initial()`), then

@@ -77,6 +77,7 @@ use std::cell::UnsafeCell;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -88,12 +89,14 @@ use peregrine_reactor::{
     Reactor, ReactorError, ReactorHandle, HEADER_LEN,
 };
 use peregrine_ring::{
-    single_producer, BuildError, EventHandler, FailurePolicy, PollState, Ring, Single,
-    StageBuilder, Telemetry, WaitStrategy,
+    single_producer, BuildError, DeadLetterSink, EventHandler, FailurePolicy, PollState, Ring,
+    Single, StageBuilder, Telemetry, TryEventHandler, WaitStrategy,
 };
 use thiserror::Error;
 
-use crate::journaled::{JournalStage, RecoverError, Recovered, Snapshot, SnapshotStore};
+use crate::journaled::{
+    JournalDeadLetters, JournalStage, RecoverError, Recovered, Snapshot, SnapshotStore,
+};
 use crate::metrics::{Counter, LatencyRecorder, Metrics};
 use crate::placement::{place, PlacementError, StageNeed, Topology, TopologyError};
 
@@ -206,6 +209,11 @@ pub enum OnFailure {
     Halt,
     /// Log the failure, count it in the stage's telemetry, skip the command and go on.
     Skip,
+    /// As [`Skip`](Self::Skip), and journal the command's payload with the failure in
+    /// `DIR/dead-letters` (records in the layout of
+    /// [`JournalDeadLetters::parse`](crate::journaled::JournalDeadLetters::parse)), synced
+    /// before the stage goes on.
+    DeadLetter,
 }
 
 /// Why a pipeline did not start or stop cleanly.
@@ -352,7 +360,9 @@ impl Pipeline {
         self
     }
 
-    /// What the decode and logic stages do when `decode` or `apply` panics.
+    /// What the decode and logic stages do when `decode` or `apply` panics. Recovery
+    /// follows the same policy when it replays the command: it skips it under `Skip` and
+    /// `DeadLetter`, and stops with [`RecoverError::Failed`] under `Halt`.
     pub fn on_failure(mut self, policy: OnFailure) -> Self {
         self.on_failure = policy;
         self
@@ -411,7 +421,12 @@ impl Pipeline {
     ) -> Result<Recovered<L>, PipelineError> {
         let snapshots =
             SnapshotStore::open(self.dir.join("snapshots")).map_err(PipelineError::Snapshots)?;
-        Ok(replay_into(&self.dir.join("journal"), &snapshots, initial)?)
+        Ok(replay_into(
+            &self.dir.join("journal"),
+            &snapshots,
+            initial,
+            self.on_failure,
+        )?)
     }
 
     /// Recovers the state (newest snapshot, then the journal replayed through
@@ -427,7 +442,7 @@ impl Pipeline {
         let snapshots =
             SnapshotStore::open(self.dir.join("snapshots")).map_err(PipelineError::Snapshots)?;
         let started = Instant::now();
-        let recovered = replay_into(&journal_dir, &snapshots, initial)?;
+        let recovered = replay_into(&journal_dir, &snapshots, initial, self.on_failure)?;
         let recovery = Recovery {
             snapshot: recovered.snapshot,
             replayed: recovered.replayed,
@@ -479,9 +494,25 @@ impl Pipeline {
         let mut input =
             single_producer(self.ring_size, move || Inbound::<L::Command>::new(payload))?
                 .wait_strategy(self.wait);
-        let policy = || match self.on_failure {
-            OnFailure::Halt => FailurePolicy::Halt,
-            OnFailure::Skip => FailurePolicy::LogAndContinue,
+        let dead_letters: Option<Arc<dyn DeadLetterSink<Inbound<L::Command>>>> = match self
+            .on_failure
+        {
+            OnFailure::DeadLetter => {
+                let (appender, _) = Appender::open(
+                    self.dir.join("dead-letters"),
+                    JournalConfig::default().segment_size(1 << 20),
+                )?;
+                Some(Arc::new(JournalDeadLetters::new(
+                    appender,
+                    |e: &Inbound<L::Command>, out: &mut Vec<u8>| out.extend_from_slice(&e.payload),
+                )))
+            }
+            _ => None,
+        };
+        let policy = || match (&self.on_failure, &dead_letters) {
+            (OnFailure::Halt, _) => FailurePolicy::Halt,
+            (_, Some(sink)) => FailurePolicy::dead_letter(Arc::clone(sink)),
+            (_, None) => FailurePolicy::LogAndContinue,
         };
         fn pinned<E: Send + Sync + 'static>(
             b: StageBuilder<'_, E, Single>,
@@ -495,9 +526,18 @@ impl Pipeline {
         let journal = pinned(
             input.try_stage(
                 "journal",
-                JournalStage::new(appender, |e: &Inbound<L::Command>, out: &mut Vec<u8>| {
-                    out.extend_from_slice(&e.payload)
-                }),
+                TimedJournal {
+                    inner: JournalStage::new(
+                        appender,
+                        |e: &Inbound<L::Command>, out: &mut Vec<u8>| {
+                            out.extend_from_slice(&e.payload)
+                        },
+                    ),
+                    epoch,
+                    received: Vec::with_capacity(1024),
+                    latency: metrics.latency("pipeline_ingress_to_journaled"),
+                    command: std::marker::PhantomData,
+                },
             ),
             plan[Role::Journal as usize],
         )
@@ -506,20 +546,11 @@ impl Pipeline {
             input
                 .stage(
                     "decode",
-                    |e: &Inbound<L::Command>, sequence: u64, _: bool| {
-                        let command = L::decode(&e.payload);
-                        // SAFETY: this is the only stage that writes `decoded`, and it runs on one
-                        // thread; the journal never touches it; the logic stage reads it only
-                        // after acquiring this stage's sequence past `sequence` (it is gated on
-                        // this stage), and the producer reuses the slot only after the logic
-                        // stage has passed it. So no other access to this slot's `decoded`
-                        // overlaps this write.
-                        unsafe {
-                            *e.decoded.get() = Decoded {
-                                sequence: sequence + 1,
-                                command,
-                            }
-                        };
+                    DecodeStage::<L> {
+                        epoch,
+                        now: 0,
+                        latency: metrics.latency("pipeline_ingress_to_decoded"),
+                        logic: std::marker::PhantomData,
                     },
                 )
                 .on_failure(policy()),
@@ -578,7 +609,41 @@ impl Pipeline {
 #[derive(Default)]
 struct Replayed<C> {
     sequence: u64,
+    /// `None`: the decode panicked, with this message.
+    failure: Option<String>,
     command: C,
+}
+
+/// The message of a caught panic.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+/// What a replay does with a record whose decode or apply panicked: the live policy
+/// skipped it (or dead-lettered it, which needs no second letter), so replay skips it too;
+/// under `Halt` the live pipeline stopped there, and so does recovery, with an error.
+fn replay_failure(policy: OnFailure, sequence: u64, failure: String) -> Result<(), RecoverError> {
+    match policy {
+        OnFailure::Halt => Err(RecoverError::Failed { sequence, failure }),
+        OnFailure::Skip | OnFailure::DeadLetter => {
+            tracing::warn!(sequence, %failure, "replay skipped a record, as the live pipeline did");
+            Ok(())
+        }
+    }
+}
+
+/// Decodes and applies one record, catching a panic in either.
+fn replay_one<L: Logic>(
+    state: &mut L,
+    reply: &mut Reply<'_>,
+    payload: &[u8],
+) -> Result<(), String> {
+    catch_unwind(AssertUnwindSafe(|| state.apply(&L::decode(payload), reply)))
+        .map_err(|p| panic_text(&*p))
 }
 
 /// Recovery: the newest snapshot (or `initial()`), then every later journal record,
@@ -588,11 +653,13 @@ struct Replayed<C> {
 /// CRC), decodes it with [`Logic::decode`] and publishes the command into a ring; this
 /// thread applies the commands in order. Reading and decoding overlap applying, so a
 /// replay runs at the speed of the slower half instead of the sum of both. A process
-/// allowed only one core replays on this thread alone.
+/// allowed only one core replays on this thread alone. A record whose decode or apply
+/// panics is handled as `policy` handled it live.
 fn replay_into<L: Logic>(
     journal: &Path,
     snapshots: &SnapshotStore,
     initial: impl FnOnce() -> L,
+    policy: OnFailure,
 ) -> Result<Recovered<L>, RecoverError> {
     let (mut state, from) = match snapshots.latest()? {
         Some((sequence, bytes)) => (
@@ -617,7 +684,9 @@ fn replay_into<L: Logic>(
     if peregrine_ring::affinity::allowed_cores().len() < 2 {
         // One core: a second thread would only take turns with this one.
         while let Some(record) = reader.next()? {
-            state.apply(&L::decode(record.payload()), &mut reply);
+            if let Err(failure) = replay_one(&mut state, &mut reply, record.payload()) {
+                replay_failure(policy, record.sequence(), failure)?;
+            }
             next_sequence = record.sequence() + 1;
             replayed += 1;
         }
@@ -645,12 +714,19 @@ fn replay_into<L: Logic>(
             .name("replay-read".into())
             .spawn_scoped(scope, move || -> Result<(), ReadError> {
                 while let Some(record) = reader.next()? {
+                    let decoded = catch_unwind(|| L::decode(record.payload()));
                     let published = producer.publish(|slot| {
                         slot.sequence = record.sequence();
-                        slot.command = L::decode(record.payload());
+                        match decoded {
+                            Ok(command) => {
+                                slot.command = command;
+                                slot.failure = None;
+                            }
+                            Err(p) => slot.failure = Some(panic_text(&*p)),
+                        }
                     });
                     if published.is_err() {
-                        // The applying side stopped (it panicked); nothing to read for.
+                        // The applying side stopped; nothing to read for.
                         break;
                     }
                 }
@@ -658,19 +734,42 @@ fn replay_into<L: Logic>(
                 // Dropping the producer closes the ring: the poller drains, then stops.
             })
             .map_err(RecoverError::Spawn)?;
+        let mut failed = None;
         loop {
             let polled = poller.poll_wait(|r: &Replayed<L::Command>, _, _| {
-                state.apply(&r.command, &mut reply);
+                if failed.is_some() {
+                    return;
+                }
+                let outcome = match &r.failure {
+                    Some(f) => Err(f.clone()),
+                    None => catch_unwind(AssertUnwindSafe(|| state.apply(&r.command, &mut reply)))
+                        .map_err(|p| panic_text(&*p)),
+                };
+                if let Err(failure) = outcome {
+                    if let Err(e) = replay_failure(policy, r.sequence, failure) {
+                        failed = Some(e);
+                        return;
+                    }
+                }
                 next_sequence = r.sequence + 1;
                 replayed += 1;
             });
+            if failed.is_some() {
+                // Stop the reader: dropping the poller halts the ring under it.
+                drop(poller);
+                break;
+            }
             if matches!(polled, PollState::Drained | PollState::Halted) {
                 break;
             }
         }
-        match read.join() {
+        let read = match read.join() {
             Ok(result) => result.map_err(RecoverError::Read),
             Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match failed {
+            Some(e) => Err(e),
+            None => read,
         }
     })?;
     Ok(Recovered {
@@ -906,6 +1005,77 @@ impl<C: Default + Send + Sync + 'static> Codec for WireCodec<C> {
     /// Replies are written straight to idle connections from the logic thread.
     fn egress_encoder(&self) -> Option<(Self, Outbound)> {
         Some((WireCodec::new(self.epoch), Outbound::default()))
+    }
+}
+
+/// The decode stage: decodes each frame into its slot's `decoded`, timing each from its
+/// arrival (one clock read per batch).
+struct DecodeStage<L> {
+    epoch: Instant,
+    /// Nanoseconds since the epoch at the start of the current batch.
+    now: u64,
+    latency: LatencyRecorder,
+    logic: std::marker::PhantomData<fn() -> L>,
+}
+
+impl<L: Logic> EventHandler<Inbound<L::Command>> for DecodeStage<L> {
+    fn on_batch_start(&mut self, _batch_size: u64, _queue_depth: u64) {
+        self.now = self.epoch.elapsed().as_nanos() as u64;
+    }
+
+    fn on_event(&mut self, e: &Inbound<L::Command>, sequence: u64, _end_of_batch: bool) {
+        self.latency
+            .record_nanos(self.now.saturating_sub(e.received));
+        let command = L::decode(&e.payload);
+        // SAFETY: this is the only stage that writes `decoded`, and it runs on one thread;
+        // the journal never touches it; the logic stage reads it only after acquiring this
+        // stage's sequence past `sequence` (it is gated on this stage), and the producer
+        // reuses the slot only after the logic stage has passed it. So no other access to
+        // this slot's `decoded` overlaps this write.
+        unsafe {
+            *e.decoded.get() = Decoded {
+                sequence: sequence + 1,
+                command,
+            }
+        };
+    }
+}
+
+/// The journal stage, timing each command from its arrival to its batch's commit.
+struct TimedJournal<C, J> {
+    inner: J,
+    epoch: Instant,
+    /// Arrival times of the commands of the current batch.
+    received: Vec<u64>,
+    latency: LatencyRecorder,
+    command: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C: 'static, J: TryEventHandler<Inbound<C>>> TryEventHandler<Inbound<C>>
+    for TimedJournal<C, J>
+{
+    type Error = J::Error;
+
+    fn on_event(
+        &mut self,
+        e: &Inbound<C>,
+        sequence: u64,
+        end_of_batch: bool,
+    ) -> Result<(), J::Error> {
+        self.received.push(e.received);
+        let result = self.inner.on_event(e, sequence, end_of_batch);
+        if end_of_batch {
+            let now = self.epoch.elapsed().as_nanos() as u64;
+            for &r in &self.received {
+                self.latency.record_nanos(now.saturating_sub(r));
+            }
+            self.received.clear();
+        }
+        result
+    }
+
+    fn on_shutdown(&mut self) {
+        self.inner.on_shutdown();
     }
 }
 

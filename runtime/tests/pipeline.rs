@@ -7,7 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use peregrine::journaled::Snapshot;
+use peregrine::journal::Reader;
+use peregrine::journaled::{JournalDeadLetters, RecoverError, Snapshot};
 use peregrine::pipeline::{Logic, OnFailure, Pipeline, PipelineError, Reply, Role};
 use peregrine::placement::{PlacementError, Topology};
 use peregrine::ring::{BoxError, WaitStrategy};
@@ -279,6 +280,67 @@ fn a_panic_in_the_logic_halts_the_pipeline_and_says_where() {
     let stopped = running.stop().unwrap();
     assert_eq!(stopped.state.balances[3], 1);
     assert_eq!(stopped.failure.map(|f| f.0).as_deref(), Some("logic"));
+    // The journal holds the command that halted it: replaying it fails the same way, and
+    // recovery says which record instead of panicking.
+    match pipeline(&dir).start(Ledger::default) {
+        Err(PipelineError::Recover(RecoverError::Failed { sequence, failure })) => {
+            assert_eq!(sequence, 1);
+            assert!(failure.contains("apply refused the command"), "{failure}");
+        }
+        other => panic!("expected a failed replay, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dead_letters_are_journaled_and_replay_skips_them_as_live_did() {
+    let dir = temp("dead");
+    let running = pipeline(&dir)
+        .on_failure(OnFailure::DeadLetter)
+        .start(Ledger::default)
+        .unwrap();
+    let mut c = Client::connect(running.local_addr());
+    c.send(&add(4, 2));
+    c.send(b"panic in decode");
+    c.send(&add(4, 3));
+    c.send(&add(5, i64::MIN)); // panics in apply
+    c.send(&add(4, 4));
+    for want in [2, 5, 9] {
+        assert_eq!(i64::from_le_bytes(c.recv()[1..].try_into().unwrap()), want);
+    }
+    let stopped = running.stop().unwrap();
+    assert!(stopped.failure.is_none());
+    let text = stopped.metrics.render();
+    for family in [
+        "pipeline_ingress_to_journaled",
+        "pipeline_ingress_to_decoded",
+        "pipeline_ingress_to_logic",
+    ] {
+        assert!(text.contains(family), "{family} missing from\n{text}");
+    }
+
+    let mut letters = Reader::open(dir.join("dead-letters")).unwrap();
+    let mut seen = Vec::new();
+    while let Some(r) = letters.next().unwrap() {
+        let (sequence, stage, failure, payload) =
+            JournalDeadLetters::<(), fn(&(), &mut Vec<u8>)>::parse(r.payload()).unwrap();
+        seen.push((sequence, stage.to_string(), payload.to_vec()));
+        assert!(failure.contains("refused the command"), "{failure}");
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (1, "decode".to_string(), b"panic in decode".to_vec()),
+            (3, "logic".to_string(), add(5, i64::MIN)),
+        ]
+    );
+
+    let again = pipeline(&dir)
+        .on_failure(OnFailure::DeadLetter)
+        .start(Ledger::default)
+        .unwrap();
+    assert_eq!(again.recovery().replayed, 5);
+    assert_eq!(again.stop().unwrap().state, stopped.state);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -15,10 +15,10 @@ cd "$(dirname "$0")/.."
 # mutation -> the models (test names) that must fail under it
 declare -A MODELS=(
     [sequence_relaxed]="single_producer_wraps_without_overwriting"
-    [no_gating]="single_producer_wraps_without_overwriting"
+    [no_gating]="single_producer_wraps_without_overwriting a_side_cell_written_by_one_stage_is_read_by_its_dependent"
     [skip_availability]="multi_producer_never_reads_unpublished"
     [batch_per_slot]="batch_publish_is_all_or_nothing"
-    [barrier_ignores_deps]="gated_stage_never_overtakes_its_dependency"
+    [barrier_ignores_deps]="gated_stage_never_overtakes_its_dependency a_side_cell_written_by_one_stage_is_read_by_its_dependent"
     [notifier_no_fence]="blocking_notifier_loses_no_wakeup blocking_ring_loses_no_wakeup"
     [close_no_recheck]="close_racing_publish_drains_everything last_producer_drop_drains_stage shutdown_racing_publish_drains_and_releases shutdown_racing_last_producer_drop"
     [pool_early_release]="each_event_goes_to_exactly_one_worker"

@@ -555,3 +555,82 @@ fn failure_policy_halt_releases_blocked_producer() {
         drop(producer.into_inner()); // joins the stage thread
     });
 }
+
+/// The runtime pipeline's side cell (`peregrine::pipeline`): a `decode` stage writes its
+/// result into a cell of the slot through a shared reference while the slot is published,
+/// and a `logic` stage gated on `decode` reads it; the producer reuses the slot only
+/// after `logic` has passed it. Two slots, three events, so the producer wraps and the
+/// cell is written for a second lap while its first value may still be read.
+///
+/// Property: every access to the cell is ordered by happens-before with every other (loom
+/// reports a racing `UnsafeCell` access otherwise): `logic` reads what `decode` wrote for
+/// the same sequence, never a stale lap and never a write in progress.
+///
+/// Breaks under `barrier_ignores_deps` (`logic` reads the cell before `decode` wrote it)
+/// and `no_gating` (the next lap's write races `logic`'s read).
+#[test]
+#[cfg_attr(
+    any(
+        peregrine_mutation = "barrier_ignores_deps",
+        peregrine_mutation = "no_gating"
+    ),
+    should_panic
+)]
+fn a_side_cell_written_by_one_stage_is_read_by_its_dependent() {
+    use loom::cell::UnsafeCell;
+
+    #[derive(Default)]
+    struct Slot {
+        value: u64,
+        decoded: UnsafeCell<u64>,
+    }
+    // SAFETY: the model checks exactly this: `decoded` is written only by the decode
+    // poller and read only by the logic poller, ordered by the ring's barrier and gating.
+    unsafe impl Sync for Slot {}
+
+    check(2, || {
+        let mut b = single_producer(2, Slot::default)
+            .unwrap()
+            .wait_strategy(WaitStrategy::blocking());
+        let decode = b.poller("decode").add().unwrap();
+        let logic = b.poller("logic").after(&[decode]).add().unwrap();
+        let (mut producer, mut ring) = b.build().unwrap();
+        let mut decode = ring.take_poller(decode).unwrap();
+        let mut logic = ring.take_poller(logic).unwrap();
+
+        let tp = thread::spawn(move || {
+            for s in 0..3 {
+                producer.publish(|e| e.value = value(s)).unwrap();
+            }
+        });
+        let td = thread::spawn(move || loop {
+            let state = decode.poll_wait(|e: &Slot, _, _| {
+                // SAFETY: the property under test.
+                e.decoded.with_mut(|d| unsafe { *d = e.value * 2 });
+            });
+            match state {
+                PollState::Drained => break,
+                PollState::Halted => panic!("nothing halts this ring"),
+                PollState::Events(_) => {}
+                PollState::Idle => unreachable!("no timeout"),
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            let state = logic.poll_wait(|e: &Slot, s, _| {
+                // SAFETY: the property under test.
+                seen.push((s, e.decoded.with(|d| unsafe { *d })));
+            });
+            match state {
+                PollState::Drained => break,
+                PollState::Halted => panic!("nothing halts this ring"),
+                PollState::Events(_) => {}
+                PollState::Idle => unreachable!("no timeout"),
+            }
+        }
+        tp.join().unwrap();
+        td.join().unwrap();
+        let expected: Vec<_> = (0..3).map(|s| (s, value(s) * 2)).collect();
+        assert_eq!(seen, expected);
+    });
+}

@@ -950,7 +950,9 @@ impl<C: Default> Inbound<C> {
 // acquired by the logic stage's barrier); the next write to the same slot happens only
 // after the producer has observed the logic stage past it. No type outside this module
 // can reach `decoded`. `C: Send + Sync` lets the command move from the decode thread to
-// the logic thread and be read there.
+// the logic thread and be read there. The loom model
+// `a_side_cell_written_by_one_stage_is_read_by_its_dependent` (loom-tests) checks this
+// protocol, and fails when the barrier or the gating is broken.
 unsafe impl<C: Send + Sync> Sync for Inbound<C> {}
 
 /// The slot of the output ring: one reply frame's payload and its connection.

@@ -611,8 +611,9 @@ impl Appender {
     ///
     /// # Errors
     ///
-    /// [`AppendError::Io`] when creating or preallocating the next segment file fails
-    /// (the roll then tries again and reports its own error).
+    /// [`AppendError::Io`] when creating, preallocating or zero-filling the next segment
+    /// file fails, for example on a full disk (the roll then tries again and reports its own
+    /// error).
     pub fn pretouch(&mut self) -> Result<bool, AppendError> {
         if self.config.pretouch != Pretouch::OnIdle {
             return Ok(false);
@@ -626,7 +627,9 @@ impl Appender {
             Some(next) if next.prepared.index == index => {
                 let len = next.prepared.map.bytes().len();
                 if next.faulted < len {
-                    next.prepared.prefault(next.faulted, IDLE_STEP);
+                    next.prepared
+                        .prefault(next.faulted, IDLE_STEP)
+                        .map_err(Fault::io(&next.prepared.path))?;
                     next.faulted = (next.faulted + IDLE_STEP).min(len);
                 }
                 Ok(next.faulted < len)

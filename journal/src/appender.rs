@@ -4,9 +4,10 @@
 //! Hot path of one append: bounds check, copy the sequence and payload into the mapped
 //! segment, CRC32C (hardware instruction), a `Release` store of the length word, and, once
 //! every `index_block` bytes, a sparse index slot. No system call, no allocation, no page
-//! fault when the segment was pre-faulted. Rolling happens once per segment; the next segment
-//! is created, preallocated and pre-faulted by a background thread while the current one
-//! fills, so the roll itself is a header write, a seal and a `rename`.
+//! fault when the segment was pre-faulted. Rolling happens once per segment; the next two
+//! segments are created and pre-faulted by a background thread while the current one fills
+//! (or, under [`Pretouch::OnIdle`], in steps by the appending thread), so the roll itself is
+//! a header write, a seal and a `rename`. A batch checksums four records at a time.
 
 use std::collections::VecDeque;
 use std::fs::{self, DirBuilder, File, OpenOptions};

@@ -103,8 +103,9 @@
 //!
 //! # Readers, tailers, cursors
 //!
-//! [`Reader`] replays from any sequence; [`Tailer`] waits for new records and follows the
-//! appender across segment rolls and processes; [`Cursor`] saves a consumer's position
+//! [`Reader`] replays from any sequence; [`Tailer`] waits for new records (spinning, yielding,
+//! sleeping or backing off, see [`TailerWait`]) and follows the appender across segment rolls
+//! and processes; [`Cursor`] saves a consumer's position
 //! atomically in the journal directory (at-least-once; see [`Cursor::commit_with`]).
 //!
 //! # Retention

@@ -713,20 +713,37 @@ fn replay_into<L: Logic>(
         let read = std::thread::Builder::new()
             .name("replay-read".into())
             .spawn_scoped(scope, move || -> Result<(), ReadError> {
-                while let Some(record) = reader.next()? {
-                    let decoded = catch_unwind(|| L::decode(record.payload()));
-                    let published = producer.publish(|slot| {
-                        slot.sequence = record.sequence();
+                // Records go over in batches: one cursor update (one cache-line handover)
+                // per batch, not per record.
+                const BATCH: usize = 64;
+                let mut pending: Vec<(u64, Result<L::Command, String>)> =
+                    Vec::with_capacity(BATCH);
+                loop {
+                    while pending.len() < BATCH {
+                        let Some(record) = reader.next()? else { break };
+                        let decoded = catch_unwind(|| L::decode(record.payload()))
+                            .map_err(|p| panic_text(&*p));
+                        pending.push((record.sequence(), decoded));
+                    }
+                    let n = pending.len();
+                    if n == 0 {
+                        break;
+                    }
+                    let mut items = pending.drain(..);
+                    let published = producer.publish_batch(n, |slot, _| {
+                        let (sequence, decoded) = items.next().expect("one item per slot");
+                        slot.sequence = sequence;
                         match decoded {
                             Ok(command) => {
                                 slot.command = command;
                                 slot.failure = None;
                             }
-                            Err(p) => slot.failure = Some(panic_text(&*p)),
+                            Err(failure) => slot.failure = Some(failure),
                         }
                     });
-                    if published.is_err() {
-                        // The applying side stopped; nothing to read for.
+                    drop(items);
+                    if published.is_err() || n < BATCH {
+                        // The applying side stopped, or the journal ended.
                         break;
                     }
                 }

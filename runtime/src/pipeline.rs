@@ -716,8 +716,7 @@ fn replay_into<L: Logic>(
                 // Records go over in batches: one cursor update (one cache-line handover)
                 // per batch, not per record.
                 const BATCH: usize = 64;
-                let mut pending: Vec<(u64, Result<L::Command, String>)> =
-                    Vec::with_capacity(BATCH);
+                let mut pending: Vec<(u64, Result<L::Command, String>)> = Vec::with_capacity(BATCH);
                 loop {
                     while pending.len() < BATCH {
                         let Some(record) = reader.next()? else { break };

@@ -37,10 +37,15 @@ fn mix(id: u64) -> u64 {
 /// Every order id ever accepted, as bitmaps of 512 consecutive ids (one cache line each)
 /// keyed by `id / 512`: ids handed out in sequence cost an eighth of a byte each and the
 /// whole set stays in cache, where a set of 8-byte ids outgrows it and costs a cache miss
-/// per order. Scattered ids cost a block each (72 bytes).
+/// per order. Scattered ids cost a block each (about 80 bytes).
 #[derive(Debug, Clone, Default)]
 struct IdSet {
-    blocks: HashMap<u64, [u64; 8], Ids>,
+    /// Block key (`id / 512`) -> index into `bits`.
+    index: HashMap<u64, usize, Ids>,
+    bits: Vec<[u64; 8]>,
+    /// The block of the last insert, `(key, index)`: ids mostly arrive in order, so most
+    /// inserts land in the same block as the one before and skip the map.
+    last: Option<(u64, usize)>,
     len: usize,
 }
 
@@ -48,7 +53,20 @@ impl IdSet {
     /// Adds `id`; false if it was already there.
     #[inline]
     fn insert(&mut self, id: u64) -> bool {
-        let block = self.blocks.entry(id >> 9).or_insert([0; 8]);
+        let key = id >> 9;
+        let at = match self.last {
+            Some((k, at)) if k == key => at,
+            _ => {
+                let bits = &mut self.bits;
+                let at = *self.index.entry(key).or_insert_with(|| {
+                    bits.push([0; 8]);
+                    bits.len() - 1
+                });
+                self.last = Some((key, at));
+                at
+            }
+        };
+        let block = &mut self.bits[at];
         let (word, bit) = (((id >> 6) & 7) as usize, id & 63);
         let fresh = block[word] & (1 << bit) == 0;
         block[word] |= 1 << bit;
@@ -58,11 +76,11 @@ impl IdSet {
 
     /// Every id, ascending.
     fn sorted(&self) -> Vec<u64> {
-        let mut keys: Vec<u64> = self.blocks.keys().copied().collect();
+        let mut keys: Vec<(u64, usize)> = self.index.iter().map(|(&k, &at)| (k, at)).collect();
         keys.sort_unstable();
         let mut ids = Vec::with_capacity(self.len);
-        for k in keys {
-            for (w, &bits) in self.blocks[&k].iter().enumerate() {
+        for (k, at) in keys {
+            for (w, &bits) in self.bits[at].iter().enumerate() {
                 let mut b = bits;
                 while b != 0 {
                     ids.push(k << 9 | (w as u64) << 6 | u64::from(b.trailing_zeros()));

@@ -609,8 +609,8 @@ impl Pipeline {
 #[derive(Default)]
 struct Replayed<C> {
     sequence: u64,
-    /// `None`: the decode panicked, with this message.
-    failure: Option<String>,
+    /// The decode panicked, with this message (boxed: rare, and it keeps the slot small).
+    failure: Option<Box<str>>,
     command: C,
 }
 
@@ -737,7 +737,7 @@ fn replay_into<L: Logic>(
                                 slot.command = command;
                                 slot.failure = None;
                             }
-                            Err(failure) => slot.failure = Some(failure),
+                            Err(failure) => slot.failure = Some(failure.into_boxed_str()),
                         }
                     });
                     drop(items);
@@ -757,7 +757,7 @@ fn replay_into<L: Logic>(
                     return;
                 }
                 let outcome = match &r.failure {
-                    Some(f) => Err(f.clone()),
+                    Some(f) => Err(f.to_string()),
                     None => catch_unwind(AssertUnwindSafe(|| state.apply(&r.command, &mut reply)))
                         .map_err(|p| panic_text(&*p)),
                 };

@@ -118,7 +118,17 @@ mod direct;
 mod error;
 mod reactor;
 mod stats;
+mod sync;
 mod waker;
+
+/// The direct-egress protocol's internals, exposed only to the loom models of
+/// `tests/loom_direct.rs` (built with `RUSTFLAGS="--cfg loom"`); not part of the API.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod model {
+    pub use crate::direct::{Direct, Table, BUSY, OPEN, SPILL, WRITING};
+    pub use crate::waker::SleepFlag;
+}
 
 pub use codec::{Codec, ConnId, Frame, FrameError, LengthPrefixed, HEADER_LEN};
 pub use config::{BackendChoice, Config, RateAction, RateLimit, BACKEND_ENV};

@@ -12,7 +12,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -518,6 +518,15 @@ enum Decoded {
     Closed,
 }
 
+/// Retires every connection of a direct-write table when dropped (see [`Table::retire_all`]).
+struct RetireAll(Arc<Table>);
+
+impl Drop for RetireAll {
+    fn drop(&mut self) {
+        self.0.retire_all();
+    }
+}
+
 struct Loop<C: Codec, SI: Sequencer, SO: Sequencer> {
     config: Config,
     codec: C,
@@ -553,6 +562,10 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
             tracing::error!(error = %e, "cannot start the event loop's backend");
             return Err(ReactorError::Backend(e));
         }
+        // However the loop ends (a panicking codec included), direct writes stop before
+        // the backend closes the sockets as it drops: none may reach a closed fd, or a
+        // reused one.
+        let _retire = RetireAll(Arc::clone(&self.table));
         let mut result = Ok(());
         // Busy polling: after activity, poll without blocking until this instant.
         let mut spin_until: Option<Instant> = None;
@@ -584,11 +597,10 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
                     timeout = timeout.min(FULL_RETRY);
                 }
                 // The wake protocol (see `waker`): announce the sleep, fence, re-check.
-                self.waker.inner.sleeping.store(true, Ordering::Relaxed);
-                fence(Ordering::SeqCst);
+                self.waker.inner.sleeping.announce();
                 if self.pump_egress()
                     || self.stop.load(Ordering::Acquire)
-                    || self.table.handoff.load(Ordering::Relaxed)
+                    || self.table.handoff_pending()
                 {
                     timeout = Duration::ZERO;
                     self.flush();
@@ -596,7 +608,7 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
             }
             let mut events = std::mem::take(&mut self.events);
             let waited = self.backend.wait(timeout, &mut events);
-            self.waker.inner.sleeping.store(false, Ordering::Relaxed);
+            self.waker.inner.sleeping.awake();
             if let Err(e) = waited {
                 tracing::error!(error = %e, "event loop wait failed");
                 result = Err(ReactorError::Wait(e));
@@ -1091,9 +1103,7 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
     /// Takes back the connections publishers handed over (a spilled tail, or a write that
     /// the loop had to wait for) and queues them for a flush.
     fn take_handoffs(&mut self) {
-        if !self.table.handoff.load(Ordering::Relaxed)
-            || !self.table.handoff.swap(false, Ordering::Acquire)
-        {
+        if !self.table.take_handoff() {
             return;
         }
         for idx in 0..self.slots.len() {

@@ -14,7 +14,6 @@
 //! publisher sees `sleeping` and writes the eventfd. No wake-up is lost.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 
 use peregrine_ring::{Producer, PublishError, Sequencer, TryPublishError};
@@ -22,11 +21,51 @@ use peregrine_ring::{Producer, PublishError, Sequencer, TryPublishError};
 use crate::codec::{Codec, ConnId};
 use crate::direct::{Direct, Table};
 use crate::stats::Stats;
+use crate::sync::{fence, AtomicBool, Ordering};
+
+/// Both halves of the wake handshake (see the module docs), apart from the eventfd: the
+/// loop announces its sleep, a publisher learns whether it must write the eventfd. Shared
+/// with the loom models of `tests/loom_direct.rs` (`pub` for them only).
+#[derive(Debug, Default)]
+pub struct SleepFlag {
+    sleeping: AtomicBool,
+}
+
+impl SleepFlag {
+    /// Loop: about to sleep; check for work after this, and sleep only if there is none.
+    #[inline]
+    pub fn announce(&self) {
+        // A swap, not a store: loom orders a plain store only after the writes its thread
+        // has seen, so a publisher's concurrent `swap(false)` could be ordered after it
+        // and a later publisher would read that stale `false` despite the fences (a false
+        // report of a lost wake-up). The read-modify-write places it after every earlier
+        // write, as on hardware; it costs nothing next to the wait that follows.
+        self.sleeping.swap(true, Ordering::Relaxed);
+        // SeqCst fence: pairs with the one in `must_wake` (store; fence; load on both sides).
+        fence(Ordering::SeqCst);
+    }
+
+    /// Loop: awake again (a publisher that reads this need not write the eventfd).
+    #[inline]
+    pub fn awake(&self) {
+        self.sleeping.store(false, Ordering::Relaxed);
+    }
+
+    /// Publisher, after making its work visible: whether it must write the eventfd (the
+    /// loop announced a sleep, and no other publisher took the job).
+    #[inline]
+    pub fn must_wake(&self) -> bool {
+        // SeqCst fence: pairs with the loop's fence between `sleeping = true` and its check
+        // for work (see the module docs).
+        fence(Ordering::SeqCst);
+        self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::SeqCst)
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct WakerInner {
     pub(crate) fd: OwnedFd,
-    pub(crate) sleeping: AtomicBool,
+    pub(crate) sleeping: SleepFlag,
 }
 
 /// Wakes one event loop from its wait. Cheap to clone.
@@ -42,7 +81,7 @@ impl LoopWaker {
             inner: Arc::new(WakerInner {
                 // SAFETY: `eventfd` just returned this fd and nothing else owns it.
                 fd: unsafe { OwnedFd::from_raw_fd(fd) },
-                sleeping: AtomicBool::new(false),
+                sleeping: SleepFlag::default(),
             }),
         })
     }
@@ -50,12 +89,7 @@ impl LoopWaker {
     /// Wakes the loop if it sleeps; call after publishing into its egress ring.
     #[inline]
     pub fn wake(&self) {
-        // SeqCst fence: pairs with the loop's fence between `sleeping = true` and its check
-        // of the egress ring (see the module docs).
-        fence(Ordering::SeqCst);
-        if self.inner.sleeping.load(Ordering::Relaxed)
-            && self.inner.sleeping.swap(false, Ordering::SeqCst)
-        {
+        if self.inner.sleeping.must_wake() {
             self.force();
         }
     }

@@ -8,7 +8,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::*;
-use peregrine_reactor::{BackendChoice, CloseReason, Config, Frame, Reactor, ReactorHandle};
+use peregrine_reactor::{
+    BackendChoice, CloseReason, Codec, Config, ConnId, Frame, FrameError, LengthPrefixed, Reactor,
+    ReactorError, ReactorHandle, HEADER_LEN, WRITTEN_DIRECTLY,
+};
 use peregrine_ring::{single_producer, WaitStrategy};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -183,6 +186,76 @@ fn clients_vanish_mid_write(backend: BackendChoice) {
     handle.shutdown().unwrap();
 }
 
+/// Length-prefixed frames, but decoding the payload `boom` panics (a buggy codec).
+struct PanicsOnBoom;
+
+impl Codec for PanicsOnBoom {
+    type In = Frame;
+    type Out = Frame;
+    fn frame_len(&mut self, buf: &[u8], max_frame: usize) -> Result<Option<usize>, FrameError> {
+        LengthPrefixed.frame_len(buf, max_frame)
+    }
+    fn decode(&mut self, conn: ConnId, frame: &[u8], slot: &mut Frame) {
+        assert_ne!(&frame[HEADER_LEN..], b"boom", "the codec gives up");
+        LengthPrefixed.decode(conn, frame, slot);
+    }
+    fn destination(&self, event: &Frame) -> ConnId {
+        event.conn
+    }
+    fn encode(&mut self, event: &Frame, out: &mut Vec<u8>) {
+        LengthPrefixed.encode(event, out);
+    }
+    fn egress_encoder(&self) -> Option<(Self, Frame)> {
+        Some((PanicsOnBoom, Frame::default()))
+    }
+}
+
+/// Regression: a loop that panicked left its connections open in the direct-write table,
+/// so an `Egress` went on writing straight to fds that the loop's backend had closed as it
+/// dropped (and that the process may since have reused for another socket or a file).
+fn no_direct_write_after_the_loop_panics(backend: BackendChoice) {
+    let cfg = config(backend);
+    let max = cfg.max_frame;
+    let reactor = Reactor::with_codec(cfg, PanicsOnBoom).unwrap();
+    let mut out = single_producer(64, move || Frame::with_capacity(max)).unwrap();
+    let out_id = out.poller("egress").add().unwrap();
+    let (out_producer, mut out_ring) = out.build().unwrap();
+    let egress_poller = out_ring.take_poller(out_id).unwrap();
+    let mut egress = reactor.egress(out_producer);
+    assert!(egress.writes_directly());
+    let mut ingress = single_producer(64, move || Frame::with_capacity(max)).unwrap();
+    let in_id = ingress.poller("test").add().unwrap();
+    let (in_producer, mut in_ring) = ingress.build().unwrap();
+    let mut requests = in_ring.take_poller(in_id).unwrap();
+    let handle = reactor.spawn(in_producer, Some(egress_poller)).unwrap();
+
+    let mut s = connect(&handle);
+    s.write_all(&frame(b"hello")).unwrap();
+    let mut conn = None;
+    eventually("the request arrives", LONG, || {
+        requests.poll(|f: &Frame, _, _| conn = Some(f.conn));
+        conn.is_some()
+    });
+    let conn = conn.unwrap();
+    let sent = egress.publish(|o| o.set(conn, b"hello")).unwrap();
+    assert_eq!(
+        sent, WRITTEN_DIRECTLY,
+        "an idle connection is written directly"
+    );
+    assert_eq!(read_frame(&mut s).unwrap(), b"hello");
+
+    s.write_all(&frame(b"boom")).unwrap();
+    eventually("the dead loop's sockets close", LONG, || {
+        closed_by_server(&mut s)
+    });
+    assert!(matches!(handle.shutdown(), Err(ReactorError::Panicked)));
+    let late = egress.try_publish(|o| o.set(conn, b"late"));
+    assert!(
+        !matches!(late, Ok(WRITTEN_DIRECTLY)),
+        "written straight to the fd of a connection whose loop is gone"
+    );
+}
+
 macro_rules! on_backend {
     ($name: ident, $choice: expr) => {
         mod $name {
@@ -206,6 +279,10 @@ macro_rules! on_backend {
             #[test]
             fn clients_vanish_mid_write() {
                 super::clients_vanish_mid_write($choice)
+            }
+            #[test]
+            fn no_direct_write_after_the_loop_panics() {
+                super::no_direct_write_after_the_loop_panics($choice)
             }
         }
     };

@@ -614,8 +614,15 @@ struct Replayed<C> {
     command: C,
 }
 
-/// Slots of the ring between the replay's reader and applying threads.
-const REPLAY_RING: usize = 32 * 1024;
+/// Slots of the ring between the replay's reader and applying threads: about 2 MiB of
+/// decoded commands, between 1,024 and 32,768 slots (a power of two).
+fn replay_ring<C>() -> usize {
+    let slot = std::mem::size_of::<Replayed<C>>().max(1);
+    ((2 << 20) / slot)
+        .clamp(1024, 32 * 1024)
+        .next_power_of_two()
+        .min(32 * 1024)
+}
 
 /// The message of a caught panic.
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
@@ -701,10 +708,10 @@ fn replay_into<L: Logic>(
         });
     }
     let build = || -> Result<_, BuildError> {
-        // A deep ring (about 2 MB of decoded commands) lets the reader run far enough ahead
+        // A deep ring (about 2 MiB of decoded commands) lets the reader run far enough ahead
         // that the two threads work on different cache lines; with 1,024 slots they chase
         // each other and replay ran at 0.35x of the raw scan instead of 0.53x (engine bench).
-        let mut b = single_producer(REPLAY_RING, Replayed::<L::Command>::default)?
+        let mut b = single_producer(replay_ring::<L::Command>(), Replayed::<L::Command>::default)?
             .wait_strategy(WaitStrategy::phased());
         let id = b.poller("replay").add()?;
         let (producer, mut ring) = b.build()?;

@@ -346,6 +346,20 @@ pub enum RecoverError {
     },
 }
 
+/// The newest intact snapshot and its next sequence, or `initial()` and `None`.
+pub(crate) fn load_latest<S: Snapshot>(
+    snapshots: &SnapshotStore,
+    initial: impl FnOnce() -> S,
+) -> Result<(S, Option<u64>), RecoverError> {
+    Ok(match snapshots.latest()? {
+        Some((sequence, bytes)) => (
+            S::load(&bytes).map_err(|source| RecoverError::Snapshot { sequence, source })?,
+            Some(sequence),
+        ),
+        None => (initial(), None),
+    })
+}
+
 /// Rebuilds state after a restart: loads the newest intact snapshot (or `initial()`), then
 /// replays every journal record from the snapshot's sequence with `apply(state, sequence,
 /// payload)`. A missing journal directory means nothing to replay.
@@ -360,13 +374,7 @@ pub fn recover<S: Snapshot>(
     initial: impl FnOnce() -> S,
     mut apply: impl FnMut(&mut S, u64, &[u8]),
 ) -> Result<Recovered<S>, RecoverError> {
-    let (mut state, from) = match snapshots.latest()? {
-        Some((sequence, bytes)) => (
-            S::load(&bytes).map_err(|source| RecoverError::Snapshot { sequence, source })?,
-            Some(sequence),
-        ),
-        None => (initial(), None),
-    };
+    let (mut state, from) = load_latest(snapshots, initial)?;
     let mut next_sequence = from.unwrap_or(0);
     let mut replayed = 0;
     if journal.exists() {

@@ -95,7 +95,7 @@ use peregrine_ring::{
 use thiserror::Error;
 
 use crate::journaled::{
-    JournalDeadLetters, JournalStage, RecoverError, Recovered, Snapshot, SnapshotStore,
+    load_latest, JournalDeadLetters, JournalStage, RecoverError, Recovered, Snapshot, SnapshotStore,
 };
 use crate::metrics::{Counter, LatencyRecorder, Metrics};
 use crate::placement::{place, PlacementError, StageNeed, Topology, TopologyError};
@@ -671,13 +671,7 @@ fn replay_into<L: Logic>(
     initial: impl FnOnce() -> L,
     policy: OnFailure,
 ) -> Result<Recovered<L>, RecoverError> {
-    let (mut state, from) = match snapshots.latest()? {
-        Some((sequence, bytes)) => (
-            L::load(&bytes).map_err(|source| RecoverError::Snapshot { sequence, source })?,
-            Some(sequence),
-        ),
-        None => (initial(), None),
-    };
+    let (mut state, from) = load_latest(snapshots, initial)?;
     let mut next_sequence = from.unwrap_or(0);
     let mut replayed = 0;
     if !journal.exists() {

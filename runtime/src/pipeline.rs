@@ -438,11 +438,11 @@ impl Pipeline {
     /// [`PipelineError`]: recovery, the journal, the snapshot directory, placement, the
     /// rings or the reactor failed; nothing is left running.
     pub fn start<L: Logic>(self, initial: impl FnOnce() -> L) -> Result<Running<L>, PipelineError> {
+        let started = Instant::now();
+        let recovered = self.recover(initial)?;
         let journal_dir = self.dir.join("journal");
         let snapshots =
             SnapshotStore::open(self.dir.join("snapshots")).map_err(PipelineError::Snapshots)?;
-        let started = Instant::now();
-        let recovered = replay_into(&journal_dir, &snapshots, initial, self.on_failure)?;
         let recovery = Recovery {
             snapshot: recovered.snapshot,
             replayed: recovered.replayed,

@@ -16,7 +16,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use peregrine_ring::{Producer, PublishError, Sequencer, TryPublishError};
+use peregrine_ring::{Claim, Producer, PublishError, Sequencer, TryPublishError};
 
 use crate::codec::{Codec, ConnId};
 use crate::direct::{Direct, Table};
@@ -212,12 +212,7 @@ impl<E, S: Sequencer> Egress<E, S> {
         };
         write(&mut direct.scratch);
         if let Some(conn) = direct.try_write(&self.waker) {
-            let mut claim = self.producer.claim()?;
-            let sequence = claim.sequence();
-            direct.route(conn, &mut claim, sequence);
-            drop(claim);
-            self.waker.wake();
-            return Ok(sequence);
+            return Ok(direct.route(conn, self.producer.claim()?, &self.waker));
         }
         Ok(WRITTEN_DIRECTLY)
     }
@@ -237,12 +232,7 @@ impl<E, S: Sequencer> Egress<E, S> {
         };
         write(&mut direct.scratch);
         if let Some(conn) = direct.try_write(&self.waker) {
-            let mut claim = self.producer.try_claim()?;
-            let sequence = claim.sequence();
-            direct.route(conn, &mut claim, sequence);
-            drop(claim);
-            self.waker.wake();
-            return Ok(sequence);
+            return Ok(direct.route(conn, self.producer.try_claim()?, &self.waker));
         }
         Ok(WRITTEN_DIRECTLY)
     }
@@ -290,10 +280,21 @@ impl<E> DirectPath<E> {
         }
     }
 
-    /// Moves `scratch` into the claimed `slot` at `sequence`, marked as routed for `conn`.
+    /// Moves `scratch` into the claimed slot, marked as routed for `conn`, publishes it and
+    /// wakes the loop; returns its sequence.
     #[inline]
-    fn route(&mut self, conn: ConnId, slot: &mut E, sequence: u64) {
+    fn route<S: Sequencer>(
+        &mut self,
+        conn: ConnId,
+        mut claim: Claim<'_, E, S>,
+        waker: &LoopWaker,
+    ) -> u64 {
+        let sequence = claim.sequence();
+        // Marked before the slot is published: see the protocol in `crate::direct`.
         self.table.routed(conn, sequence);
-        std::mem::swap(slot, &mut self.scratch);
+        std::mem::swap(&mut *claim, &mut self.scratch);
+        drop(claim);
+        waker.wake();
+        sequence
     }
 }

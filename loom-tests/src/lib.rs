@@ -27,7 +27,7 @@ compile_error!(
 );
 
 #[cfg(loom)]
-pub use model::{check, drain, Hold};
+pub use model::{check, consume, drain, Hold};
 
 #[cfg(loom)]
 mod model {
@@ -120,24 +120,38 @@ mod model {
     }
 
     /// Polls `poller` with [`Poller::poll_wait`] (so it waits by the ring's strategy:
-    /// spinning, which yields to loom, or parking) until the ring is drained, and returns
-    /// every `(sequence, event)` handled, in order. `on_batch` sees the size of each batch.
+    /// spinning, which yields to loom, or parking) until the ring is drained, calling
+    /// `on_event(event, sequence)` for each event; `on_batch` sees the size of each batch.
+    ///
+    /// # Panics
+    ///
+    /// If the ring halts: the models that use this never halt it.
+    pub fn consume<E, S: Sequencer>(
+        poller: &mut Poller<E, S>,
+        mut on_event: impl FnMut(&E, u64),
+        mut on_batch: impl FnMut(u64),
+    ) {
+        loop {
+            match poller.poll_wait(|e, s, _| on_event(e, s)) {
+                PollState::Events(n) => on_batch(n),
+                PollState::Idle => unreachable!("loom models set no timeout"),
+                PollState::Drained => return,
+                PollState::Halted => panic!("the ring halted, but nothing halts it"),
+            }
+        }
+    }
+
+    /// [`consume`] that returns every `(sequence, event)` handled, in order.
     ///
     /// # Panics
     ///
     /// If the ring halts: the models that use this never halt it.
     pub fn drain<E: Copy, S: Sequencer>(
         poller: &mut Poller<E, S>,
-        mut on_batch: impl FnMut(u64),
+        on_batch: impl FnMut(u64),
     ) -> Vec<(u64, E)> {
         let mut seen = Vec::new();
-        loop {
-            match poller.poll_wait(|e, s, _| seen.push((s, *e))) {
-                PollState::Events(n) => on_batch(n),
-                PollState::Idle => unreachable!("loom models set no timeout"),
-                PollState::Drained => return seen,
-                PollState::Halted => panic!("the ring halted, but nothing halts it"),
-            }
-        }
+        consume(poller, |e, s| seen.push((s, *e)), on_batch);
+        seen
     }
 }

@@ -19,7 +19,7 @@
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use peregrine_loom_tests::{check, drain, Hold};
+use peregrine_loom_tests::{check, consume, drain, Hold};
 use peregrine_ring::{
     multi_producer, single_producer, Notifier, PollState, PublishError, WaitStrategy,
 };
@@ -186,35 +186,29 @@ fn gated_stage_never_overtakes_its_dependency() {
             }
         });
         let seen_by_first = Arc::clone(&first_seen);
-        let tf = thread::spawn(move || loop {
-            let state = first.poll_wait(|e, s, _| {
-                assert_eq!(*e, value(s), "first read a slot that was not its event");
-                seen_by_first.store(s + 1, Ordering::SeqCst);
-            });
-            match state {
-                PollState::Drained => break,
-                PollState::Halted => panic!("nothing halts this ring"),
-                PollState::Events(_) => {}
-                PollState::Idle => unreachable!("no timeout"),
-            }
+        let tf = thread::spawn(move || {
+            consume(
+                &mut first,
+                |e, s| {
+                    assert_eq!(*e, value(s), "first read a slot that was not its event");
+                    seen_by_first.store(s + 1, Ordering::SeqCst);
+                },
+                |_| {},
+            )
         });
         let mut handled = Vec::new();
-        loop {
-            let state = second.poll_wait(|e, s, _| {
+        consume(
+            &mut second,
+            |e, s| {
                 let first_done = first_seen.load(Ordering::SeqCst);
                 assert!(
                     first_done > s,
                     "second handled sequence {s} before first (first at {first_done})"
                 );
                 handled.push((s, *e));
-            });
-            match state {
-                PollState::Drained => break,
-                PollState::Halted => panic!("nothing halts this ring"),
-                PollState::Events(_) => {}
-                PollState::Idle => unreachable!("no timeout"),
-            }
-        }
+            },
+            |_| {},
+        );
         tp.join().unwrap();
         tf.join().unwrap();
         let expected: Vec<_> = (0..3).map(|s| (s, value(s))).collect();
@@ -603,31 +597,25 @@ fn a_side_cell_written_by_one_stage_is_read_by_its_dependent() {
                 producer.publish(|e| e.value = value(s)).unwrap();
             }
         });
-        let td = thread::spawn(move || loop {
-            let state = decode.poll_wait(|e: &Slot, _, _| {
-                // SAFETY: the property under test.
-                e.decoded.with_mut(|d| unsafe { *d = e.value * 2 });
-            });
-            match state {
-                PollState::Drained => break,
-                PollState::Halted => panic!("nothing halts this ring"),
-                PollState::Events(_) => {}
-                PollState::Idle => unreachable!("no timeout"),
-            }
+        let td = thread::spawn(move || {
+            consume(
+                &mut decode,
+                |e: &Slot, _| {
+                    // SAFETY: the property under test.
+                    e.decoded.with_mut(|d| unsafe { *d = e.value * 2 });
+                },
+                |_| {},
+            )
         });
         let mut seen = Vec::new();
-        loop {
-            let state = logic.poll_wait(|e: &Slot, s, _| {
+        consume(
+            &mut logic,
+            |e: &Slot, s| {
                 // SAFETY: the property under test.
                 seen.push((s, e.decoded.with(|d| unsafe { *d })));
-            });
-            match state {
-                PollState::Drained => break,
-                PollState::Halted => panic!("nothing halts this ring"),
-                PollState::Events(_) => {}
-                PollState::Idle => unreachable!("no timeout"),
-            }
-        }
+            },
+            |_| {},
+        );
         tp.join().unwrap();
         td.join().unwrap();
         let expected: Vec<_> = (0..3).map(|s| (s, value(s) * 2)).collect();

@@ -646,14 +646,18 @@ fn replay_failure(policy: OnFailure, sequence: u64, failure: String) -> Result<(
     }
 }
 
-/// Decodes and applies one record, catching a panic in either.
-fn replay_one<L: Logic>(
+/// Decodes one journaled payload, catching a panic (as its message).
+fn decode_caught<L: Logic>(payload: &[u8]) -> Result<L::Command, String> {
+    catch_unwind(|| L::decode(payload)).map_err(|p| panic_text(&*p))
+}
+
+/// Applies one command during replay, catching a panic (as its message).
+fn apply_caught<L: Logic>(
     state: &mut L,
+    command: &L::Command,
     reply: &mut Reply<'_>,
-    payload: &[u8],
 ) -> Result<(), String> {
-    catch_unwind(AssertUnwindSafe(|| state.apply(&L::decode(payload), reply)))
-        .map_err(|p| panic_text(&*p))
+    catch_unwind(AssertUnwindSafe(|| state.apply(command, reply))).map_err(|p| panic_text(&*p))
 }
 
 /// Recovery: the newest snapshot (or `initial()`), then every later journal record,
@@ -688,7 +692,9 @@ fn replay_into<L: Logic>(
     if peregrine_ring::affinity::allowed_cores().len() < 2 {
         // One core: a second thread would only take turns with this one.
         while let Some(record) = reader.next()? {
-            if let Err(failure) = replay_one(&mut state, &mut reply, record.payload()) {
+            let outcome = decode_caught::<L>(record.payload())
+                .and_then(|command| apply_caught(&mut state, &command, &mut reply));
+            if let Err(failure) = outcome {
                 replay_failure(policy, record.sequence(), failure)?;
             }
             next_sequence = record.sequence() + 1;
@@ -727,8 +733,7 @@ fn replay_into<L: Logic>(
                 loop {
                     while pending.len() < BATCH {
                         let Some(record) = reader.next()? else { break };
-                        let decoded = catch_unwind(|| L::decode(record.payload()))
-                            .map_err(|p| panic_text(&*p));
+                        let decoded = decode_caught::<L>(record.payload());
                         pending.push((record.sequence(), decoded));
                     }
                     let n = pending.len();
@@ -765,8 +770,7 @@ fn replay_into<L: Logic>(
                 }
                 let outcome = match &r.failure {
                     Some(f) => Err(f.to_string()),
-                    None => catch_unwind(AssertUnwindSafe(|| state.apply(&r.command, &mut reply)))
-                        .map_err(|p| panic_text(&*p)),
+                    None => apply_caught(&mut state, &r.command, &mut reply),
                 };
                 if let Err(failure) = outcome {
                     if let Err(e) = replay_failure(policy, r.sequence, failure) {

@@ -111,6 +111,10 @@ impl<E, S: Sequencer> Producer<E, S> {
                 PublishError::Closed
             });
         }
+        if let Some(start) = self.core.sequencer.claim_known(&mut self.local, n) {
+            // Room known without looking at the stages: no wait, whatever the policy.
+            return Ok(start);
+        }
         if deadline.is_none() && self.core.plain_wait {
             // The common case: wait by a strategy, no deadline, no fail-fast. Kept short:
             // a publish a few instructions slower lets the stage catch up and take events
@@ -208,6 +212,9 @@ impl<E, S: Sequencer> Producer<E, S> {
             });
         }
         let core = &*self.core;
+        if let Some(start) = core.sequencer.claim_known(&mut self.local, n) {
+            return Ok(start);
+        }
         core.sequencer
             .try_claim(&mut self.local, n, &core.gating)
             .ok_or_else(|| {
@@ -306,9 +313,9 @@ impl<E, S: Sequencer> Producer<E, S> {
     /// [`PublishError::Halted`] if the ring is halted; `write` is not called.
     #[inline]
     pub fn publish(&mut self, write: impl FnOnce(&mut E)) -> Result<u64, PublishError> {
-        let mut claim = self.claim()?;
-        write(&mut claim);
-        Ok(claim.sequence())
+        let sequence = self.claim_range(1, None)?;
+        self.write_and_publish(sequence, write);
+        Ok(sequence)
     }
 
     /// Writes one event and publishes it, waiting at most `timeout` for room (by the
@@ -339,9 +346,27 @@ impl<E, S: Sequencer> Producer<E, S> {
     /// [`TryPublishError::Full`] or [`TryPublishError::Halted`]; `write` is not called.
     #[inline]
     pub fn try_publish(&mut self, write: impl FnOnce(&mut E)) -> Result<u64, TryPublishError> {
-        let mut claim = self.try_claim()?;
-        write(&mut claim);
-        Ok(claim.sequence())
+        let sequence = self.try_claim_range(1)?;
+        self.write_and_publish(sequence, write);
+        Ok(sequence)
+    }
+
+    /// Writes the claimed slot `sequence` and publishes it, through a guard that holds the
+    /// core itself: the compiler then keeps the core in a register across `write` instead
+    /// of reloading it through `self`, which a store into the slot might alias as far as
+    /// it can tell. The slot is published even if `write` panics, as with a [`Claim`].
+    #[inline(always)]
+    fn write_and_publish(&mut self, sequence: u64, write: impl FnOnce(&mut E)) {
+        let guard = Publish {
+            core: &self.core,
+            local: &mut self.local,
+            sequence,
+        };
+        // SAFETY: as in `Claim::deref_mut`: this producer claimed `sequence`, the claim
+        // waited until every gating stage passed `sequence - capacity`, and no stage reads
+        // the slot before `guard` publishes it.
+        write(unsafe { &mut *guard.core.slots.ptr_mut(sequence) });
+        drop(guard);
     }
 
     /// Writes `n` events with `write(event, sequence)` and publishes them together; waits
@@ -457,6 +482,22 @@ impl<E, S: Sequencer> DerefMut for Claim<'_, E, S> {
     fn deref_mut(&mut self) -> &mut E {
         // SAFETY: as in `deref`; `&mut self` makes this the only reference from the guard.
         unsafe { &mut *self.producer.core.slots.ptr_mut(self.sequence) }
+    }
+}
+
+/// Publishes one claimed slot when dropped, like [`Claim`], for [`Producer::publish`].
+struct Publish<'a, E, S: Sequencer> {
+    core: &'a Core<E, S>,
+    local: &'a mut S::Local,
+    sequence: u64,
+}
+
+impl<E, S: Sequencer> Drop for Publish<'_, E, S> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let s = self.sequence;
+        self.core.sequencer.publish(self.local, s, s + 1);
+        self.core.signal();
     }
 }
 

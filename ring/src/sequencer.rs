@@ -33,6 +33,16 @@ pub trait Sequencer: sealed::Sealed + Send + Sync + Sized + 'static {
     #[doc(hidden)]
     fn new_local(&self) -> Self::Local;
 
+    /// Claims `n` sequences if the producer's own memory already shows room for them,
+    /// without reading any shared state; `None` means "ask [`claim`](Self::claim)", not
+    /// "full".
+    #[doc(hidden)]
+    #[inline(always)]
+    fn claim_known(&self, local: &mut Self::Local, n: u64) -> Option<u64> {
+        let _ = (local, n);
+        None
+    }
+
     /// Claims `n` sequences if there is room without waiting; returns the first.
     #[doc(hidden)]
     fn try_claim(&self, local: &mut Self::Local, n: u64, gating: &[Arc<Sequence>]) -> Option<u64>;
@@ -101,14 +111,26 @@ pub struct Single {
 pub struct SingleLocal {
     /// Next sequence to claim; `cursor <= next <= cursor + capacity`.
     next: u64,
-    /// A gating minimum seen earlier; stages only move forward, so it is a safe lower bound.
-    cached_gate: u64,
+    /// A gating minimum seen earlier plus the capacity: claims that end at or below it
+    /// need no look at the stages (they only move forward, so it stays a safe bound).
+    limit: u64,
 }
 
 impl sealed::Sealed for Single {}
 
 impl Sequencer for Single {
     type Local = SingleLocal;
+
+    #[inline(always)]
+    fn claim_known(&self, local: &mut SingleLocal, n: u64) -> Option<u64> {
+        let start = local.next;
+        let end = start + n;
+        if end > local.limit {
+            return None;
+        }
+        local.next = end;
+        Some(start)
+    }
 
     fn new(capacity: u64) -> Self {
         Self {
@@ -120,7 +142,7 @@ impl Sequencer for Single {
     fn new_local(&self) -> SingleLocal {
         SingleLocal {
             next: self.cursor.get_relaxed(),
-            cached_gate: 0,
+            limit: self.capacity,
         }
     }
 
@@ -128,10 +150,10 @@ impl Sequencer for Single {
     fn try_claim(&self, local: &mut SingleLocal, n: u64, gating: &[Arc<Sequence>]) -> Option<u64> {
         let start = local.next;
         let end = start + n;
-        if end > local.cached_gate + self.capacity {
+        if end > local.limit {
             let min = minimum(gating, u64::MAX);
-            local.cached_gate = min;
-            if end > min + self.capacity {
+            local.limit = min.saturating_add(self.capacity);
+            if end > local.limit {
                 return None;
             }
         }
@@ -149,8 +171,9 @@ impl Sequencer for Single {
     ) -> Option<u64> {
         let start = local.next;
         let end = start + n;
-        if end > local.cached_gate + self.capacity {
-            local.cached_gate = wait_for_room(end, self.capacity, gating, wait)?;
+        if end > local.limit {
+            local.limit =
+                wait_for_room(end, self.capacity, gating, wait)?.saturating_add(self.capacity);
         }
         local.next = end;
         Some(start)

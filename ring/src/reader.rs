@@ -95,10 +95,13 @@ impl<E, S: Sequencer> Reader<E, S> {
     /// One non-blocking look: events, drained, halted, or nothing yet.
     #[inline]
     pub(crate) fn poll(&mut self) -> Option<Ready> {
-        if self.available() > self.next {
-            return Some(Ready::Events(self.cached_end));
+        // One read of the barrier: `available` reads it afresh whenever the cached end is
+        // used up, which is exactly when there is nothing cached left to hand out.
+        let end = self.available();
+        if end > self.next {
+            return Some(Ready::Events(end));
         }
-        self.poll_now()
+        self.poll_idle()
     }
 
     /// [`poll`](Self::poll) without the cache (for waiters, which hold `&self`).
@@ -108,6 +111,12 @@ impl<E, S: Sequencer> Reader<E, S> {
         if end > self.next {
             return Some(Ready::Events(end));
         }
+        self.poll_idle()
+    }
+
+    /// The rest of a look that found nothing past `next`: halted, drained, or idle.
+    #[inline]
+    fn poll_idle(&self) -> Option<Ready> {
         if self.core.is_halted() {
             return Some(Ready::Halted);
         }

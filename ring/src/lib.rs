@@ -209,6 +209,7 @@ pub mod wait;
 pub use asynchronous::{AsyncError, AsyncProducer, PollerStream};
 pub use builder::{
     multi_producer, single_producer, Built, Ring, RingBuilder, StageBuilder, StageId,
+    DEFAULT_STREAM_BACKOFF,
 };
 pub use error::{BuildError, PublishError, ShutdownError, StageProgress, TryPublishError};
 pub use failure::{DeadLetter, DeadLetterSink, Failure, FailurePolicy, MemoryDeadLetters};

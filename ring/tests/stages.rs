@@ -357,3 +357,48 @@ fn a_timed_out_multi_producer_claim_leaves_no_gap() {
     assert_eq!(poller.poll(|_, _, _| {}), PollState::Drained);
     assert_eq!(*seen.lock().unwrap(), [0, 1, 2, 3, 4, 5]);
 }
+
+#[test]
+fn paced_stages_deliver_every_event_in_order_and_pacing_can_be_turned_off() {
+    let n = events(200_000);
+    for pause in [Duration::ZERO, Duration::from_micros(20)] {
+        let seen: Arc<Mutex<Vec<(u64, u64)>>> = Arc::new(Mutex::new(Vec::new()));
+        let mut b = single_producer(256, || 0u64)
+            .unwrap()
+            .wait_strategy(WaitStrategy::phased());
+        let first_seen = Arc::new(AtomicU64::new(0));
+        let f = Arc::clone(&first_seen);
+        let first = b
+            .stage("first", move |e: &u64, s: u64, _: bool| {
+                assert_eq!(*e, s * 3, "first stage: event {s}");
+                assert_eq!(f.fetch_add(1, Ordering::Relaxed), s, "first stage order");
+            })
+            .stream_backoff(pause)
+            .add()
+            .unwrap();
+        let out = Arc::clone(&seen);
+        let mut last = None;
+        b.stage("second", move |e: &u64, s: u64, end: bool| {
+            assert_eq!(*e, s * 3, "second stage: event {s}");
+            assert_eq!(last.map_or(0, |l| l + 1), s, "second stage order");
+            last = Some(s);
+            if end {
+                out.lock().unwrap().push((s, *e));
+            }
+        })
+        .after(&[first])
+        .stream_backoff(pause)
+        .add()
+        .unwrap();
+        let (mut p, ring) = b.build().unwrap();
+        for i in 0..n {
+            p.publish(|e| *e = i * 3).unwrap();
+        }
+        drop(p);
+        assert_eq!(first_seen.load(Ordering::Relaxed), n, "pause {pause:?}");
+        let ends = seen.lock().unwrap();
+        assert_eq!(ends.last(), Some(&(n - 1, (n - 1) * 3)), "pause {pause:?}");
+        let t = ring.telemetry();
+        assert!(t.stages.iter().all(|s| s.events == n), "{t:?}");
+    }
+}

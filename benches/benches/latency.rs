@@ -42,6 +42,8 @@ struct Plan {
     round_trips: u64,
     messages: u64,
     interval: Duration,
+    /// Interleaved rounds the samples are split into (see [`scenario`]).
+    rounds: u64,
     /// Core for the bench thread and for the other thread, when there are two.
     cores: Option<(usize, usize)>,
 }
@@ -92,7 +94,7 @@ fn recv<L: Link>(rx: &mut L::Rx) -> u64 {
 }
 
 /// Round trips over two links of `L`.
-fn ping_pong<L: Link>(plan: &Plan) -> Row {
+fn ping_pong<L: Link>(plan: &Plan) -> Histogram<u64> {
     let (mut to_echo, mut echo_rx) = L::link(CAPACITY);
     let (mut echo_tx, mut back) = L::link(CAPACITY);
     let other = plan.cores.map(|(_, b)| b);
@@ -125,11 +127,11 @@ fn ping_pong<L: Link>(plan: &Plan) -> Row {
     send::<L>(&mut to_echo, STOP);
     recv::<L>(&mut back);
     echo.join().expect("echo thread");
-    Row::of(&h)
+    h
 }
 
 /// One-way latency at a fixed rate, timed from each message's intended send time.
-fn one_way<L: Link>(plan: &Plan) -> Row {
+fn one_way<L: Link>(plan: &Plan) -> Histogram<u64> {
     let (mut tx, mut rx) = L::link(CAPACITY);
     let epoch = Instant::now();
     let other = plan.cores.map(|(_, b)| b);
@@ -168,29 +170,26 @@ fn one_way<L: Link>(plan: &Plan) -> Row {
         send::<L>(&mut tx, stamp);
     }
     send::<L>(&mut tx, STOP);
-    let h = receiver.join().expect("receiving thread");
-    Row::of(&h)
+    receiver.join().expect("receiving thread")
 }
 
-/// Measures and prints one row, and emits it.
-fn row<L: Link>(scenario: &str, plan: &Plan, floor: &mut Option<Row>, f: fn(&Plan) -> Row) {
-    let r = f(plan);
-    let base = *floor.get_or_insert(r);
+/// Prints one row and emits it.
+fn row(scenario: &str, name: &str, r: Row, floor: Row) {
     println!(
         "| {:<22} | {:>7} | {:>7} | {:>7} | {:>8} | {:>9} | {:>6.2} | {:>9} |",
-        L::NAME,
+        name,
         r.p50,
         r.p99,
         r.p999,
         r.p9999,
         r.max,
-        r.p50 as f64 / base.p50.max(1) as f64,
+        r.p50 as f64 / floor.p50.max(1) as f64,
         r.count
     );
     emit(&[
         "latency",
         scenario,
-        L::NAME,
+        name,
         &r.p50.to_string(),
         &r.p99.to_string(),
         &r.p999.to_string(),
@@ -208,27 +207,52 @@ fn header(title: &str) {
     println!("|---|---|---|---|---|---|---|---|");
 }
 
+/// Runs `f` for every channel in `plan.rounds` interleaved rounds (floor, peregrine, each
+/// peer, then again), each a share of the samples, and merges each channel's rounds: a
+/// machine whose speed drifts during the run moves every channel alike instead of
+/// whichever happened to run during the slow spell.
 fn scenario(name: &str, title: &str, plan: &Plan, f: Runner) {
     header(title);
-    let mut floor = None;
-    row::<Floor>(name, plan, &mut floor, f.floor);
-    row::<Peregrine>(name, plan, &mut floor, f.peregrine);
-    row::<Disruptor>(name, plan, &mut floor, f.disruptor);
-    row::<Rtrb>(name, plan, &mut floor, f.rtrb);
-    row::<ArrayQueue>(name, plan, &mut floor, f.array_queue);
-    row::<Channel>(name, plan, &mut floor, f.channel);
-    row::<StdMpsc>(name, plan, &mut floor, f.std_mpsc);
+    let channels: [(&str, Measure); 7] = [
+        (Floor::NAME, f.floor),
+        (Peregrine::NAME, f.peregrine),
+        (Disruptor::NAME, f.disruptor),
+        (Rtrb::NAME, f.rtrb),
+        (ArrayQueue::NAME, f.array_queue),
+        (Channel::NAME, f.channel),
+        (StdMpsc::NAME, f.std_mpsc),
+    ];
+    let rounds = plan.rounds.max(1);
+    let share = Plan {
+        warmup: (plan.warmup / rounds).max(1_000),
+        round_trips: plan.round_trips / rounds,
+        messages: plan.messages / rounds,
+        ..*plan
+    };
+    let mut merged: Vec<Histogram<u64>> = channels.iter().map(|_| histogram()).collect();
+    for _ in 0..rounds {
+        for ((_, run), total) in channels.iter().zip(merged.iter_mut()) {
+            total.add(run(&share)).expect("same bounds");
+        }
+    }
+    let floor = Row::of(&merged[0]);
+    for ((channel, _), h) in channels.iter().zip(&merged) {
+        row(name, channel, Row::of(h), floor);
+    }
 }
+
+/// One scenario run for one channel, returning its histogram.
+type Measure = fn(&Plan) -> Histogram<u64>;
 
 /// One scenario instantiated for every channel.
 struct Runner {
-    floor: fn(&Plan) -> Row,
-    peregrine: fn(&Plan) -> Row,
-    disruptor: fn(&Plan) -> Row,
-    rtrb: fn(&Plan) -> Row,
-    array_queue: fn(&Plan) -> Row,
-    channel: fn(&Plan) -> Row,
-    std_mpsc: fn(&Plan) -> Row,
+    floor: Measure,
+    peregrine: Measure,
+    disruptor: Measure,
+    rtrb: Measure,
+    array_queue: Measure,
+    channel: Measure,
+    std_mpsc: Measure,
 }
 
 macro_rules! runner {
@@ -270,6 +294,7 @@ fn main() {
             round_trips: 50_000,
             messages: 20_000,
             interval: Duration::from_micros(10),
+            rounds: 1,
             cores: pair,
         }
     } else {
@@ -278,6 +303,7 @@ fn main() {
             round_trips: 1_000_000,
             messages: 300_000,
             interval: Duration::from_micros(10),
+            rounds: 5,
             cores: pair,
         }
     };

@@ -78,11 +78,22 @@ impl<E> Slots<E> {
         (ahead as u64, every as u64)
     }
 
+    /// For a reader about to handle `sequence` of a published run ending at `stop`: asks
+    /// for the slot [`read_ahead`](Self::read_ahead) events further on, when `sequence`
+    /// starts a cache line of events and that slot is still inside the run.
+    #[inline(always)]
+    pub(crate) fn prefetch_ahead(&self, sequence: u64, stop: u64) {
+        let (ahead, every) = Self::read_ahead();
+        if ahead != 0 && sequence & every == 0 && sequence + ahead < stop {
+            self.prefetch(sequence + ahead);
+        }
+    }
+
     /// Hints the processor to start loading the slot of `sequence`. Only ever called for
     /// published slots: loading one the producer is still writing would take the line
     /// from it mid-write.
     #[inline(always)]
-    pub(crate) fn prefetch(&self, sequence: u64) {
+    fn prefetch(&self, sequence: u64) {
         #[cfg(all(target_arch = "x86_64", not(loom)))]
         {
             let p = self.cell(sequence).with(|p| p.cast::<i8>());

@@ -408,8 +408,7 @@ impl<E, S: Sequencer> Producer<E, S> {
 
     #[inline(always)]
     fn publish_range(&mut self, lo: u64, hi: u64) {
-        self.core.sequencer.publish(&mut self.local, lo, hi);
-        self.core.signal();
+        publish(&self.core, &mut self.local, lo, hi);
     }
 }
 
@@ -496,9 +495,15 @@ impl<E, S: Sequencer> Drop for Publish<'_, E, S> {
     #[inline(always)]
     fn drop(&mut self) {
         let s = self.sequence;
-        self.core.sequencer.publish(self.local, s, s + 1);
-        self.core.signal();
+        publish(self.core, self.local, s, s + 1);
     }
+}
+
+/// Makes the claimed `lo .. hi` visible to stages and wakes parked ones.
+#[inline(always)]
+fn publish<E, S: Sequencer>(core: &Core<E, S>, local: &mut S::Local, lo: u64, hi: u64) {
+    core.sequencer.publish(local, lo, hi);
+    core.signal();
 }
 
 impl<E, S: Sequencer> Drop for Claim<'_, E, S> {

@@ -160,11 +160,8 @@ impl<E, S: Sequencer> Reader<E, S> {
         let stop = end.min(start.saturating_add(limit.min(self.max_batch)));
         sink.batch_start(stop - start, depth);
         let slots = &self.core.slots;
-        let (ahead, every) = crate::buffer::Slots::<E>::read_ahead();
         for s in start..stop {
-            if ahead != 0 && s & every == 0 && s + ahead < stop {
-                slots.prefetch(s + ahead);
-            }
+            slots.prefetch_ahead(s, stop);
             // SAFETY: `s < end <= available()`: published (acquired through the cursor or
             // availability word, or the upstream stages' sequences), so no producer writes it;
             // producers cannot reclaim it until this reader's sequence passes `s`, which

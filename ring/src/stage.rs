@@ -131,12 +131,9 @@ fn handle_batch<E: 'static, S: Sequencer, I: Invoke<E>>(
                 // Inside the catch: a panic here goes to the policy like one in on_event.
                 invoke.batch_start(stop - start, depth);
             }
-            let (ahead, every) = Slots::<E>::read_ahead();
             while cursor < stop {
                 let s = cursor;
-                if ahead != 0 && s & every == 0 && s + ahead < stop {
-                    slots.prefetch(s + ahead);
-                }
+                slots.prefetch_ahead(s, stop);
                 // SAFETY: `start .. stop` was read from the barrier (published) and the stage's
                 // sequence is still `start`, so the slots are held by this stage.
                 if let Err(e) = unsafe { invoke.event(slots, s, s + 1 == stop) } {

@@ -87,6 +87,11 @@ fn order_kept_when_direct_writes_block(backend: BackendChoice) {
         );
     }
     writer.join().unwrap();
+    // A direct write is counted once its send returns, which may be after the client
+    // has read it; every frame arrived above, so the count must catch up.
+    eventually("every write counted", LONG, || {
+        handle.stats().frames_out == FRAMES as u64
+    });
     let stats = handle.stats();
     assert_eq!(stats.frames_out, FRAMES as u64);
     // With one publisher, the first response routed through the loop follows a direct

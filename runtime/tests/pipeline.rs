@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use peregrine::journal::Reader;
 use peregrine::journaled::{JournalDeadLetters, RecoverError, Snapshot};
-use peregrine::pipeline::{Logic, OnFailure, Pipeline, PipelineError, Reply, Role};
+use peregrine::pipeline::{Layout, Logic, OnFailure, Pipeline, PipelineError, Reply, Role};
 use peregrine::placement::{PlacementError, Topology};
 use peregrine::ring::{BoxError, WaitStrategy};
 
@@ -126,15 +126,17 @@ impl Client {
     }
 }
 
-fn pipeline(dir: &PathBuf) -> Pipeline {
+fn pipeline(dir: &PathBuf, layout: Layout) -> Pipeline {
     // Blocking waits: the tests run on two cores next to other tests.
-    Pipeline::new(dir).wait_strategy(WaitStrategy::blocking())
+    Pipeline::new(dir)
+        .wait_strategy(WaitStrategy::blocking())
+        .layout(layout)
 }
 
-#[test]
-fn replies_come_back_in_order_per_connection_and_a_restart_replays_the_journal() {
-    let dir = temp("order");
-    let running = pipeline(&dir).start(Ledger::default).unwrap();
+fn replies_come_back_in_order_per_connection_and_a_restart_replays_the_journal(layout: Layout) {
+    let dir = temp(&format!("order-{layout:?}"));
+    let running = pipeline(&dir, layout).start(Ledger::default).unwrap();
+    assert_eq!(running.layout(), layout);
     assert_eq!(running.recovery().replayed, 0);
     let addr = running.local_addr();
     // Each client owns one account, so its running balance is known in advance.
@@ -175,7 +177,7 @@ fn replies_come_back_in_order_per_connection_and_a_restart_replays_the_journal()
         .render()
         .contains("pipeline_ingress_to_logic"));
 
-    let again = pipeline(&dir).start(Ledger::default).unwrap();
+    let again = pipeline(&dir, layout).start(Ledger::default).unwrap();
     let recovery = again.recovery();
     assert_eq!((recovery.snapshot, recovery.replayed), (None, 4 * 2_002));
     assert_eq!(recovery.next_sequence, 4 * 2_002);
@@ -192,10 +194,9 @@ fn replies_come_back_in_order_per_connection_and_a_restart_replays_the_journal()
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn snapshots_bound_the_replay_and_on_demand_snapshots_are_taken() {
-    let dir = temp("snap");
-    let running = pipeline(&dir)
+fn snapshots_bound_the_replay_and_on_demand_snapshots_are_taken(layout: Layout) {
+    let dir = temp(&format!("snap-{layout:?}"));
+    let running = pipeline(&dir, layout)
         .snapshot_every(100)
         .start(Ledger::default)
         .unwrap();
@@ -218,7 +219,7 @@ fn snapshots_bound_the_replay_and_on_demand_snapshots_are_taken() {
         before.metrics.render()
     );
 
-    let again = pipeline(&dir).start(Ledger::default).unwrap();
+    let again = pipeline(&dir, layout).start(Ledger::default).unwrap();
     let r = again.recovery();
     // The request is served at the end of the batch running when it arrives: the one of
     // the 250th command (whose reply may already be out) or of the 251st.
@@ -232,10 +233,9 @@ fn snapshots_bound_the_replay_and_on_demand_snapshots_are_taken() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn a_failed_decode_is_skipped_under_the_skip_policy_and_the_rest_applied() {
-    let dir = temp("skip");
-    let running = pipeline(&dir)
+fn a_failed_decode_is_skipped_under_the_skip_policy_and_the_rest_applied(layout: Layout) {
+    let dir = temp(&format!("skip-{layout:?}"));
+    let running = pipeline(&dir, layout)
         .on_failure(OnFailure::Skip)
         .start(Ledger::default)
         .unwrap();
@@ -256,10 +256,9 @@ fn a_failed_decode_is_skipped_under_the_skip_policy_and_the_rest_applied() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn a_panic_in_the_logic_halts_the_pipeline_and_says_where() {
-    let dir = temp("halt");
-    let running = pipeline(&dir).start(Ledger::default).unwrap();
+fn a_panic_in_the_logic_halts_the_pipeline_and_says_where(layout: Layout) {
+    let dir = temp(&format!("halt-{layout:?}"));
+    let running = pipeline(&dir, layout).start(Ledger::default).unwrap();
     let mut c = Client::connect(running.local_addr());
     c.send(&add(3, 1));
     c.recv();
@@ -282,7 +281,7 @@ fn a_panic_in_the_logic_halts_the_pipeline_and_says_where() {
     assert_eq!(stopped.failure.map(|f| f.0).as_deref(), Some("logic"));
     // The journal holds the command that halted it: replaying it fails the same way, and
     // recovery says which record instead of panicking.
-    match pipeline(&dir).start(Ledger::default) {
+    match pipeline(&dir, layout).start(Ledger::default) {
         Err(PipelineError::Recover(RecoverError::Failed { sequence, failure })) => {
             assert_eq!(sequence, 1);
             assert!(failure.contains("apply refused the command"), "{failure}");
@@ -292,10 +291,9 @@ fn a_panic_in_the_logic_halts_the_pipeline_and_says_where() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn dead_letters_are_journaled_and_replay_skips_them_as_live_did() {
-    let dir = temp("dead");
-    let running = pipeline(&dir)
+fn dead_letters_are_journaled_and_replay_skips_them_as_live_did(layout: Layout) {
+    let dir = temp(&format!("dead-{layout:?}"));
+    let running = pipeline(&dir, layout)
         .on_failure(OnFailure::DeadLetter)
         .start(Ledger::default)
         .unwrap();
@@ -335,7 +333,7 @@ fn dead_letters_are_journaled_and_replay_skips_them_as_live_did() {
         ]
     );
 
-    let again = pipeline(&dir)
+    let again = pipeline(&dir, layout)
         .on_failure(OnFailure::DeadLetter)
         .start(Ledger::default)
         .unwrap();
@@ -344,10 +342,9 @@ fn dead_letters_are_journaled_and_replay_skips_them_as_live_did() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn a_journal_behind_the_newest_snapshot_is_refused() {
-    let dir = temp("behind");
-    let running = pipeline(&dir).start(Ledger::default).unwrap();
+fn a_journal_behind_the_newest_snapshot_is_refused(layout: Layout) {
+    let dir = temp(&format!("behind-{layout:?}"));
+    let running = pipeline(&dir, layout).start(Ledger::default).unwrap();
     let mut c = Client::connect(running.local_addr());
     c.send(&add(0, 1));
     c.recv();
@@ -356,7 +353,7 @@ fn a_journal_behind_the_newest_snapshot_is_refused() {
     c.recv();
     running.stop().unwrap();
     std::fs::remove_dir_all(dir.join("journal")).unwrap();
-    match pipeline(&dir).start(Ledger::default) {
+    match pipeline(&dir, layout).start(Ledger::default) {
         Err(PipelineError::Inconsistent { journal, recovered }) => {
             assert_eq!(journal, 0);
             assert!(recovered == 1 || recovered == 2, "{recovered}");
@@ -400,9 +397,37 @@ fn placement_keeps_the_pipeline_in_one_cache_and_refuses_busy_oversubscription()
         allowed: vec![0, 1],
         cache_groups: vec![vec![0, 1]],
     };
+    // Four cores or more: the parallel layout; fewer: the fused one, whose journal and
+    // decode run on the logic thread.
+    assert_eq!(
+        Pipeline::new("unused")
+            .topology(eight.clone())
+            .planned_layout()
+            .unwrap(),
+        Layout::Parallel
+    );
+    let fused = Pipeline::new("unused").topology(two.clone());
+    assert_eq!(fused.planned_layout().unwrap(), Layout::Fused);
+    let plan = fused.plan().unwrap();
+    assert_eq!(plan[Role::Journal as usize], None);
+    assert_eq!(plan[Role::Decode as usize], None);
+    assert_ne!(plan[Role::Reactor as usize], plan[Role::Logic as usize]);
+    // Pinning the journal or decode thread asks for the parallel layout.
+    assert_eq!(
+        Pipeline::new("unused")
+            .topology(two.clone())
+            .core(Role::Journal, 1)
+            .planned_layout()
+            .unwrap(),
+        Layout::Parallel
+    );
+
+    // Busy-spinning: one stage thread fits two cores; three do not.
     let busy = Pipeline::new("unused")
         .topology(two.clone())
         .wait_strategy(WaitStrategy::busy_spin());
+    assert!(busy.plan().is_ok());
+    let busy = busy.layout(Layout::Parallel);
     assert!(matches!(
         busy.plan(),
         Err(PipelineError::Placement(PlacementError::Oversubscribed {
@@ -422,3 +447,104 @@ fn placement_keeps_the_pipeline_in_one_cache_and_refuses_busy_oversubscription()
         }))
     ));
 }
+
+/// Waits for the pipeline to report the failure that halted it.
+fn halted_by(running: &peregrine::pipeline::Running<Ledger>) -> (String, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(f) = running.failure() {
+            return f;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failure reported");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn a_panic_in_decode_halts_the_pipeline_and_names_decode(layout: Layout) {
+    let dir = temp(&format!("decode-halt-{layout:?}"));
+    let running = pipeline(&dir, layout).start(Ledger::default).unwrap();
+    let mut c = Client::connect(running.local_addr());
+    c.send(&add(7, 2));
+    c.recv();
+    c.send(b"panic in decode");
+    c.send(&add(7, 3));
+    let (stage, failure) = halted_by(&running);
+    assert_eq!(stage, "decode");
+    assert!(failure.contains("decode refused the command"), "{failure}");
+    let stopped = running.stop().unwrap();
+    // Nothing from the failing command on was applied.
+    assert_eq!(stopped.state.balances[7], 2);
+    assert_eq!(stopped.failure.map(|f| f.0).as_deref(), Some("decode"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn a_journal_error_halts_before_the_command_is_applied(layout: Layout) {
+    let dir = temp(&format!("journal-halt-{layout:?}"));
+    // A record of 10,000 bytes cannot fit in a segment of 8 KiB: the append fails.
+    let running = pipeline(&dir, layout)
+        .max_payload(16 * 1024)
+        .journal(peregrine::journal::Config::default().segment_size(8 * 1024))
+        .start(Ledger::default)
+        .unwrap();
+    let mut c = Client::connect(running.local_addr());
+    c.send(&add(6, 1));
+    assert_eq!(i64::from_le_bytes(c.recv()[1..].try_into().unwrap()), 1);
+    c.send(&vec![0u8; 10_000]);
+    let (stage, failure) = halted_by(&running);
+    assert_eq!(stage, "journal");
+    assert!(failure.contains("error"), "{failure}");
+    let stopped = running.stop().unwrap();
+    // The command the journal refused was never applied (it would have been rejected).
+    assert_eq!(stopped.state.rejected, 0);
+    assert_eq!(stopped.state.applied, 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every behaviour above, in both layouts (on any machine: the layout is set, not
+/// chosen by the core count).
+macro_rules! in_layout {
+    ($name: ident, $layout: expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn replies_come_back_in_order_per_connection_and_a_restart_replays_the_journal() {
+                super::replies_come_back_in_order_per_connection_and_a_restart_replays_the_journal(
+                    $layout,
+                )
+            }
+            #[test]
+            fn snapshots_bound_the_replay_and_on_demand_snapshots_are_taken() {
+                super::snapshots_bound_the_replay_and_on_demand_snapshots_are_taken($layout)
+            }
+            #[test]
+            fn a_failed_decode_is_skipped_under_the_skip_policy_and_the_rest_applied() {
+                super::a_failed_decode_is_skipped_under_the_skip_policy_and_the_rest_applied(
+                    $layout,
+                )
+            }
+            #[test]
+            fn a_panic_in_the_logic_halts_the_pipeline_and_says_where() {
+                super::a_panic_in_the_logic_halts_the_pipeline_and_says_where($layout)
+            }
+            #[test]
+            fn dead_letters_are_journaled_and_replay_skips_them_as_live_did() {
+                super::dead_letters_are_journaled_and_replay_skips_them_as_live_did($layout)
+            }
+            #[test]
+            fn a_journal_behind_the_newest_snapshot_is_refused() {
+                super::a_journal_behind_the_newest_snapshot_is_refused($layout)
+            }
+            #[test]
+            fn a_panic_in_decode_halts_the_pipeline_and_names_decode() {
+                super::a_panic_in_decode_halts_the_pipeline_and_names_decode($layout)
+            }
+            #[test]
+            fn a_journal_error_halts_before_the_command_is_applied() {
+                super::a_journal_error_halts_before_the_command_is_applied($layout)
+            }
+        }
+    };
+}
+
+in_layout!(parallel, Layout::Parallel);
+in_layout!(fused, Layout::Fused);

@@ -7,7 +7,8 @@
 //!
 //! 1. **Round trip** at a fixed offered rate (100,000 orders/s over two loopback
 //!    connections by default): the engine (reactor, journal ‖ decode, order books, egress:
-//!    the `peregrine_examples::engine` pipeline) against a bare loopback TCP echo server
+//!    the `peregrine_examples::engine` pipeline), in both layouts (the one this machine
+//!    gets by default first: see `peregrine::pipeline::Layout`), against a bare loopback TCP echo server
 //!    (one blocking thread per connection, the same frames, the same load generator), and
 //!    a closed-loop TCP ping-pong of the same message size. Each reply is timed from its
 //!    command's intended send time, so a stall shows in the tail (no coordinated omission).
@@ -15,7 +16,8 @@
 //!    pipeline's recovery (decode and apply each record), against a raw scan of the same
 //!    journal (CRC-checked read of every record) on the same warm page cache.
 //!
-//! `-- round-trip` or `-- replay` runs one part. Prints markdown tables (`benches/run.sh` copies them into BENCHMARKS.md).
+//! `-- round-trip` or `-- replay` runs one part; `PEREGRINE_BENCH_WAIT=blocking|yielding|phased`
+//! sets the engine's wait strategy (default phased, the pipeline's own). Prints markdown tables (`benches/run.sh` copies them into BENCHMARKS.md).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use peregrine::journal::{Appender, Config, Reader};
-use peregrine::pipeline::Pipeline;
+use peregrine::pipeline::{Layout, Pipeline};
+use peregrine::ring::WaitStrategy;
 use peregrine_benches::quick;
 use peregrine_examples::book::{market_commands, random_commands, Command, COMMAND_LEN};
 use peregrine_examples::engine::{load, pipeline, Books, Load};
@@ -105,16 +108,16 @@ fn ping_pong(addr: SocketAddr, n: usize) -> Histogram<u64> {
 }
 
 struct Row {
-    name: &'static str,
+    name: String,
     latency: Histogram<u64>,
     sent: u64,
     answered: u64,
 }
 
 impl Row {
-    fn new(name: &'static str) -> Self {
+    fn new(name: impl Into<String>) -> Self {
         Row {
-            name,
+            name: name.into(),
             latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("bounds"),
             sent: 0,
             answered: 0,
@@ -124,6 +127,16 @@ impl Row {
         self.latency.add(&l.latency).expect("same bounds");
         self.sent += l.sent;
         self.answered += l.answered;
+    }
+}
+
+/// The engine's wait strategy: `PEREGRINE_BENCH_WAIT=blocking|yielding|phased` (default:
+/// the pipeline's own, phased).
+fn strategy() -> WaitStrategy {
+    match std::env::var("PEREGRINE_BENCH_WAIT").as_deref() {
+        Ok("blocking") => WaitStrategy::blocking(),
+        Ok("yielding") => WaitStrategy::yielding(),
+        _ => WaitStrategy::phased(),
     }
 }
 
@@ -143,7 +156,34 @@ fn round_trip(plan: &Plan) {
     );
     let floor_addr = echo_server();
     let mut floor = Row::new("floor: bare TCP echo, same load");
-    let mut engine = Row::new("**peregrine engine**");
+    // The layout a user gets on this machine first (the target is judged on it), then
+    // the other one.
+    let auto = pipeline(
+        Path::new("unused"),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        0,
+    )
+    .planned_layout()
+    .expect("read the topology");
+    let other = if auto == Layout::Fused {
+        Layout::Parallel
+    } else {
+        Layout::Fused
+    };
+    let mut engines: Vec<(Layout, Row)> = [auto, other]
+        .into_iter()
+        .map(|layout| {
+            let default = if layout == auto {
+                ", the default here"
+            } else {
+                ""
+            };
+            (
+                layout,
+                Row::new(format!("**peregrine engine** ({layout:?} layout{default})")),
+            )
+        })
+        .collect();
     for round in 0..plan.rounds {
         let l = load(
             floor_addr,
@@ -155,22 +195,26 @@ fn round_trip(plan: &Plan) {
         .expect("load against the echo floor");
         floor.add(&l);
 
-        let dir = temp(&format!("rt{round}"));
-        let running = pipeline(&dir, SocketAddr::from(([127, 0, 0, 1], 0)), 0)
-            .start(|| Books::new(INSTRUMENTS))
-            .expect("start the engine");
-        let l = load(
-            running.local_addr(),
-            plan.connections,
-            plan.rate,
-            plan.duration,
-            INSTRUMENTS,
-        )
-        .expect("load against the engine");
-        let stopped = running.stop().expect("stop the engine");
-        assert!(stopped.failure.is_none(), "{:?}", stopped.failure);
-        engine.add(&l);
-        let _ = std::fs::remove_dir_all(&dir);
+        for (layout, row) in &mut engines {
+            let dir = temp(&format!("rt{round}-{layout:?}"));
+            let running = pipeline(&dir, SocketAddr::from(([127, 0, 0, 1], 0)), 0)
+                .wait_strategy(strategy())
+                .layout(*layout)
+                .start(|| Books::new(INSTRUMENTS))
+                .expect("start the engine");
+            let l = load(
+                running.local_addr(),
+                plan.connections,
+                plan.rate,
+                plan.duration,
+                INSTRUMENTS,
+            )
+            .expect("load against the engine");
+            let stopped = running.stop().expect("stop the engine");
+            assert!(stopped.failure.is_none(), "{:?}", stopped.failure);
+            row.add(&l);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
     let pp = ping_pong(floor_addr, plan.ping_pongs);
     println!("| server | answered | p50 | p99 | p99.9 | p99.99 | max | p99 ÷ echo p99 | p99 ÷ ping-pong p99 |");
@@ -197,17 +241,17 @@ fn round_trip(plan: &Plan) {
         &pp,
         format!("{} of {}", pp.len(), pp.len()),
     );
-    for row in [&floor, &engine] {
+    for row in std::iter::once(&floor).chain(engines.iter().map(|(_, r)| r)) {
         line(
-            row.name,
+            &row.name,
             &row.latency,
             format!("{} of {}", row.answered, row.sent),
         );
     }
-    let engine_p99 = engine.latency.value_at_quantile(0.99) as f64;
+    let engine_p99 = engines[0].1.latency.value_at_quantile(0.99) as f64;
     let same_load = engine_p99 / echo_p99 as f64;
     println!(
-        "\ntarget: engine p99 within 2x a bare loopback TCP exchange of the same message size at the same offered rate: {same_load:.2}x ({}); against the closed-loop ping-pong (one message in flight, no queueing): {:.0}x\n",
+        "\ntarget ({auto:?} layout, the default on this machine): engine p99 within 2x a bare loopback TCP exchange of the same message size at the same offered rate: {same_load:.2}x ({}); against the closed-loop ping-pong (one message in flight, no queueing): {:.0}x\n",
         if same_load <= 2.0 { "met" } else { "missed" },
         engine_p99 / pp_p99 as f64
     );

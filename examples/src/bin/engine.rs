@@ -74,8 +74,9 @@ fn start(
         r.next_sequence
     );
     println!(
-        "engine: {} backend; reactor/journal/decode/logic on cores {:?}",
+        "engine: {} backend; {:?} layout; reactor/journal/decode/logic on cores {:?}",
         running.backend(),
+        running.layout(),
         running.plan()
     );
     Ok(running)

@@ -16,8 +16,9 @@
 //!    pipeline's recovery (decode and apply each record), against a raw scan of the same
 //!    journal (CRC-checked read of every record) on the same warm page cache.
 //!
-//! `-- round-trip` or `-- replay` runs one part; `PEREGRINE_BENCH_WAIT=blocking|yielding|phased`
-//! sets the engine's wait strategy (default phased, the pipeline's own). Prints markdown tables (`benches/run.sh` copies them into BENCHMARKS.md).
+//! `-- round-trip` or `-- replay` runs one part; `PEREGRINE_BENCH_WAIT=blocking|phased` or
+//! `phased:SPIN_US:YIELD_US` sets the engine's wait strategy (default phased, the pipeline's
+//! own). Prints markdown tables (`benches/run.sh` copies them into BENCHMARKS.md).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -130,12 +131,17 @@ impl Row {
     }
 }
 
-/// The engine's wait strategy: `PEREGRINE_BENCH_WAIT=blocking|yielding|phased` (default:
-/// the pipeline's own, phased).
+/// The engine's wait strategy: `PEREGRINE_BENCH_WAIT=blocking|phased|phased:SPIN_US:YIELD_US`
+/// (default: the pipeline's own, phased).
 fn strategy() -> WaitStrategy {
-    match std::env::var("PEREGRINE_BENCH_WAIT").as_deref() {
-        Ok("blocking") => WaitStrategy::blocking(),
-        Ok("yielding") => WaitStrategy::yielding(),
+    let var = std::env::var("PEREGRINE_BENCH_WAIT").unwrap_or_default();
+    let mut parts = var.split(':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("blocking"), None, None) => WaitStrategy::blocking(),
+        (Some("phased"), Some(spin), Some(yield_for)) => WaitStrategy::phased_for(
+            Duration::from_micros(spin.parse().expect("spin microseconds")),
+            Duration::from_micros(yield_for.parse().expect("yield microseconds")),
+        ),
         _ => WaitStrategy::phased(),
     }
 }

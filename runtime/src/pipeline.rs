@@ -1426,29 +1426,27 @@ impl<L: Logic, J> FusedStage<L, J> {
         let mut result = Ok(());
         for (i, p) in pending.iter().enumerate() {
             let end_of_batch = i == last;
-            let outcome = match &p.command {
+            let failure = match &p.command {
                 Ok(command) => catch_unwind(AssertUnwindSafe(|| {
-                    self.logic.apply_one(
-                        p.conn,
-                        p.received,
-                        p.sequence,
-                        Some(command),
-                        end_of_batch,
-                    )
+                    let command = Some(command);
+                    self.logic
+                        .apply_one(p.conn, p.received, p.sequence, command, end_of_batch)
                 }))
-                .map_err(|panic| self.failed("logic", p, panic_text(&*panic))),
-                Err(message) => {
-                    let policy = self.failed("decode", p, message.clone());
-                    if policy.is_ok() {
-                        self.logic
-                            .apply_one(p.conn, p.received, p.sequence, None, end_of_batch);
-                    }
-                    policy.map_err(Err)
-                }
+                .err()
+                .map(|panic| ("logic", panic_text(&*panic))),
+                Err(message) => Some(("decode", message.clone())),
             };
-            if let Err(Err(e)) = outcome {
+            let Some((stage, message)) = failure else {
+                continue;
+            };
+            if let Err(e) = self.failed(stage, p, message) {
                 result = Err(e);
                 break;
+            }
+            if stage == "decode" {
+                // Skipped: counted, and snapshots fall due as in the parallel layout.
+                self.logic
+                    .apply_one(p.conn, p.received, p.sequence, None, end_of_batch);
             }
         }
         pending.clear();

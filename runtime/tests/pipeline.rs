@@ -263,14 +263,7 @@ fn a_panic_in_the_logic_halts_the_pipeline_and_says_where(layout: Layout) {
     c.send(&add(3, 1));
     c.recv();
     c.send(&add(3, i64::MIN));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let failure = loop {
-        if let Some(f) = running.failure() {
-            break f;
-        }
-        assert!(std::time::Instant::now() < deadline, "no failure reported");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let failure = halted_by(&running);
     assert_eq!(failure.0, "logic");
     assert!(
         failure.1.contains("apply refused the command"),

@@ -379,7 +379,10 @@ impl Pipeline {
         self
     }
 
-    /// Pins `role` to `core`, overriding placement.
+    /// Pins `role` to `core`, overriding placement. The journal and decode roles have no
+    /// thread of their own in the [`Layout::Fused`] layout: pinning one makes
+    /// [`Layout::Auto`] choose [`Layout::Parallel`], and is ignored under an explicit
+    /// `Layout::Fused`.
     pub fn core(mut self, role: Role, core: usize) -> Self {
         self.cores[role as usize] = Some(core);
         self

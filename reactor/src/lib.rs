@@ -133,6 +133,6 @@ pub mod model {
 pub use codec::{Codec, ConnId, Frame, FrameError, LengthPrefixed, HEADER_LEN};
 pub use config::{BackendChoice, Config, RateAction, RateLimit, BACKEND_ENV};
 pub use error::ReactorError;
-pub use reactor::{BackendKind, Reactor, ReactorHandle, Stopper};
+pub use reactor::{BackendKind, Inline, Reactor, ReactorHandle, Stopper};
 pub use stats::{CloseReason, StatsSnapshot};
 pub use waker::{Egress, LoopWaker, WRITTEN_DIRECTLY};

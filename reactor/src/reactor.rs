@@ -259,12 +259,44 @@ impl<C: Codec> Reactor<C> {
     where
         Producer<C::In, SI>: Send + 'static,
     {
+        self.run_with(ingress, egress, None)
+    }
+
+    /// Runs the loop on this thread as [`run`](Self::run) does, and `inline` on it too:
+    /// [`Inline::turn`] once per turn of the loop, and [`Inline::finish`] once after the
+    /// loop has closed its connections and the ingress ring.
+    ///
+    /// # Errors
+    ///
+    /// [`ReactorError::Wait`] if waiting for I/O fails.
+    pub fn run_inline<SI: Sequencer, SO: Sequencer>(
+        self,
+        ingress: Producer<C::In, SI>,
+        egress: Option<Poller<C::Out, SO>>,
+        inline: impl Inline,
+    ) -> Result<(), ReactorError>
+    where
+        Producer<C::In, SI>: Send + 'static,
+    {
+        self.run_with(ingress, egress, Some(Box::new(inline)))
+    }
+
+    fn run_with<SI: Sequencer, SO: Sequencer>(
+        self,
+        ingress: Producer<C::In, SI>,
+        egress: Option<Poller<C::Out, SO>>,
+        inline: Option<Box<dyn Inline>>,
+    ) -> Result<(), ReactorError>
+    where
+        Producer<C::In, SI>: Send + 'static,
+    {
         if let Some(core) = self.config.pin {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                 tracing::warn!(core, "cannot pin the event loop thread");
             }
         }
         let mut event_loop = Loop {
+            inline,
             codec: self.codec,
             backend: self.backend,
             waker: self.waker,
@@ -289,9 +321,13 @@ impl<C: Codec> Reactor<C> {
             ingress,
             egress,
             stats,
+            inline,
             ..
         } = event_loop;
         close_ingress(ingress, egress, &stats);
+        if let Some(mut inline) = inline {
+            inline.finish();
+        }
         result
     }
 
@@ -309,6 +345,37 @@ impl<C: Codec> Reactor<C> {
         Producer<C::In, SI>: Send + 'static,
         Poller<C::Out, SO>: Send + 'static,
     {
+        self.spawn_with(ingress, egress, None)
+    }
+
+    /// Runs the loop and `inline` on a new thread; see [`run_inline`](Self::run_inline).
+    ///
+    /// # Errors
+    ///
+    /// [`ReactorError::Spawn`] if the thread cannot be started.
+    pub fn spawn_inline<SI: Sequencer, SO: Sequencer>(
+        self,
+        ingress: Producer<C::In, SI>,
+        egress: Option<Poller<C::Out, SO>>,
+        inline: impl Inline,
+    ) -> Result<ReactorHandle, ReactorError>
+    where
+        Producer<C::In, SI>: Send + 'static,
+        Poller<C::Out, SO>: Send + 'static,
+    {
+        self.spawn_with(ingress, egress, Some(Box::new(inline)))
+    }
+
+    fn spawn_with<SI: Sequencer, SO: Sequencer>(
+        self,
+        ingress: Producer<C::In, SI>,
+        egress: Option<Poller<C::Out, SO>>,
+        inline: Option<Box<dyn Inline>>,
+    ) -> Result<ReactorHandle, ReactorError>
+    where
+        Producer<C::In, SI>: Send + 'static,
+        Poller<C::Out, SO>: Send + 'static,
+    {
         let backend = self.backend();
         let fallback = self.fallback.clone();
         let local_addr = self.local_addr;
@@ -317,7 +384,7 @@ impl<C: Codec> Reactor<C> {
         let name = self.config.thread_name.clone();
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || self.run(ingress, egress))
+            .spawn(move || self.run_with(ingress, egress, inline))
             .map_err(ReactorError::Spawn)?;
         Ok(ReactorHandle {
             backend,
@@ -371,6 +438,25 @@ fn close_ingress<I, O, SI: Sequencer, SO: Sequencer>(
     if closer.join().is_err() {
         tracing::warn!("a stage panicked while the ingress ring closed");
     }
+}
+
+/// Work an event loop runs on its own thread ([`Reactor::run_inline`],
+/// [`Reactor::spawn_inline`]): the thread-per-core way to consume the ingress ring, with
+/// no hand-off to another thread and no wake-up between a read and its answer.
+///
+/// Typically it owns a [`Poller`] of the ingress ring and an [`Egress`](crate::Egress) of
+/// the egress ring. Since the loop is the egress ring's only consumer and does not run
+/// while `turn` does, `turn` must never wait for room in that ring: publish with
+/// [`Egress::try_publish`](crate::Egress::try_publish), keep what does not fit, and
+/// return `true` so the loop drains the ring and calls again at once.
+pub trait Inline: Send + 'static {
+    /// One turn: handle what the loop has published since the last one. Returns whether
+    /// work was done or is left; the loop then polls for I/O without sleeping.
+    fn turn(&mut self) -> bool;
+
+    /// Called once when the loop has stopped: its connections are closed and the
+    /// ingress producer is dropped, so the ingress ring drains to its end.
+    fn finish(&mut self) {}
 }
 
 /// Stops a running loop from another thread.
@@ -528,6 +614,8 @@ impl Drop for RetireAll {
 }
 
 struct Loop<C: Codec, SI: Sequencer, SO: Sequencer> {
+    /// Work run on this thread once per turn ([`Reactor::run_inline`]).
+    inline: Option<Box<dyn Inline>>,
     config: Config,
     codec: C,
     backend: Backend,
@@ -571,7 +659,9 @@ impl<C: Codec, SI: Sequencer, SO: Sequencer> Loop<C, SI, SO> {
         let mut spin_until: Option<Instant> = None;
         while !self.stop.load(Ordering::Acquire) && !self.halted {
             self.take_handoffs();
-            let mut busy = self.pump_egress();
+            // Inline work first: what it answers goes out in this turn's flush.
+            let mut busy = self.inline.as_mut().is_some_and(|i| i.turn());
+            busy |= self.pump_egress();
             busy |= self.retry_blocked();
             self.flush();
             let now = Instant::now();

@@ -20,7 +20,8 @@ fn temp(name: &str) -> PathBuf {
 }
 
 /// Balances of 16 accounts. A command is `[account, delta i64 LE]` (9 bytes); anything
-/// else is rejected. Replies: `[0, balance i64 LE]` or `[1]` for a reject.
+/// else is rejected. Replies: `[0, balance i64 LE]` (three times for account 15) or `[1]`
+/// for a reject.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Ledger {
     balances: [i64; 16],
@@ -83,10 +84,12 @@ impl Logic for Ledger {
                 self.balances[account] += delta;
                 self.applied += 1;
                 let balance = self.balances[account];
-                reply.send(|out| {
-                    out.push(0);
-                    out.extend_from_slice(&balance.to_le_bytes());
-                });
+                for _ in 0..if account == 15 { 3 } else { 1 } {
+                    reply.send(|out| {
+                        out.push(0);
+                        out.extend_from_slice(&balance.to_le_bytes());
+                    });
+                }
             }
             Command::Invalid => {
                 self.rejected += 1;
@@ -390,8 +393,8 @@ fn placement_keeps_the_pipeline_in_one_cache_and_refuses_busy_oversubscription()
         allowed: vec![0, 1],
         cache_groups: vec![vec![0, 1]],
     };
-    // Four cores or more: the parallel layout; fewer: the fused one, whose journal and
-    // decode run on the logic thread.
+    // Four cores or more: the parallel layout; fewer: the inline one (the event loop
+    // does everything); the fused one runs journal and decode on the logic thread.
     assert_eq!(
         Pipeline::new("unused")
             .topology(eight.clone())
@@ -399,8 +402,14 @@ fn placement_keeps_the_pipeline_in_one_cache_and_refuses_busy_oversubscription()
             .unwrap(),
         Layout::Parallel
     );
-    let fused = Pipeline::new("unused").topology(two.clone());
-    assert_eq!(fused.planned_layout().unwrap(), Layout::Fused);
+    let auto = Pipeline::new("unused").topology(two.clone());
+    assert_eq!(auto.planned_layout().unwrap(), Layout::Inline);
+    let plan = auto.plan().unwrap();
+    assert!(plan[Role::Reactor as usize].is_some());
+    assert_eq!(plan[1..], [None, None, None]);
+    let fused = Pipeline::new("unused")
+        .topology(two.clone())
+        .layout(Layout::Fused);
     let plan = fused.plan().unwrap();
     assert_eq!(plan[Role::Journal as usize], None);
     assert_eq!(plan[Role::Decode as usize], None);
@@ -419,7 +428,7 @@ fn placement_keeps_the_pipeline_in_one_cache_and_refuses_busy_oversubscription()
     let busy = Pipeline::new("unused")
         .topology(two.clone())
         .wait_strategy(WaitStrategy::busy_spin());
-    assert!(busy.plan().is_ok());
+    assert!(busy.clone().layout(Layout::Fused).plan().is_ok());
     let busy = busy.layout(Layout::Parallel);
     assert!(matches!(
         busy.plan(),
@@ -493,6 +502,45 @@ fn a_journal_error_halts_before_the_command_is_applied(layout: Layout) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+fn replies_held_back_by_a_client_that_does_not_read_arrive_in_order(layout: Layout) {
+    // Small rings, three replies a command, and a client that reads nothing for a while:
+    // the socket's send buffer, then the output ring fill (in the inline layout, replies
+    // then wait in the loop's overflow), then the input ring, and TCP pushes back on the
+    // writer.
+    let dir = temp(&format!("slow-reader-{layout:?}"));
+    let running = pipeline(&dir, layout)
+        .ring_size(64)
+        .start(Ledger::default)
+        .unwrap();
+    const N: i64 = 200_000;
+    let mut writer = Client::connect(running.local_addr());
+    let mut reader = Client(writer.0.try_clone().unwrap());
+    let w = std::thread::spawn(move || {
+        for _ in 0..N {
+            writer.send(&add(15, 1));
+        }
+        writer
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for want in 1..=N {
+        for _ in 0..3 {
+            assert_eq!(
+                i64::from_le_bytes(reader.recv()[1..].try_into().unwrap()),
+                want
+            );
+        }
+    }
+    drop(w.join().unwrap());
+    let stopped = running.stop().unwrap();
+    assert_eq!(stopped.state.balances[15], N);
+    let metrics = stopped.metrics.render();
+    assert!(
+        metrics.contains("pipeline_replies_undelivered_total 0"),
+        "{metrics}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Every behaviour above, in both layouts (on any machine: the layout is set, not
 /// chosen by the core count).
 macro_rules! in_layout {
@@ -535,9 +583,14 @@ macro_rules! in_layout {
             fn a_journal_error_halts_before_the_command_is_applied() {
                 super::a_journal_error_halts_before_the_command_is_applied($layout)
             }
+            #[test]
+            fn replies_held_back_by_a_client_that_does_not_read_arrive_in_order() {
+                super::replies_held_back_by_a_client_that_does_not_read_arrive_in_order($layout)
+            }
         }
     };
 }
 
 in_layout!(parallel, Layout::Parallel);
 in_layout!(fused, Layout::Fused);
+in_layout!(inline, Layout::Inline);

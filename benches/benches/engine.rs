@@ -7,7 +7,7 @@
 //!
 //! 1. **Round trip** at a fixed offered rate (100,000 orders/s over two loopback
 //!    connections by default): the engine (reactor, journal ‖ decode, order books, egress:
-//!    the `peregrine_examples::engine` pipeline), in both layouts (the one this machine
+//!    the `peregrine_examples::engine` pipeline), in each layout (the one this machine
 //!    gets by default first: see `peregrine::pipeline::Layout`), against a bare loopback TCP echo server
 //!    (one blocking thread per connection, the same frames, the same load generator), and
 //!    a closed-loop TCP ping-pong of the same message size. Each reply is timed from its
@@ -171,13 +171,11 @@ fn round_trip(plan: &Plan) {
     )
     .planned_layout()
     .expect("read the topology");
-    let other = if auto == Layout::Fused {
-        Layout::Parallel
-    } else {
-        Layout::Fused
-    };
-    let mut engines: Vec<(Layout, Row)> = [auto, other]
+    let others = [Layout::Inline, Layout::Fused, Layout::Parallel]
         .into_iter()
+        .filter(|&l| l != auto);
+    let mut engines: Vec<(Layout, Row)> = std::iter::once(auto)
+        .chain(others)
         .map(|layout| {
             let default = if layout == auto {
                 ", the default here"

@@ -254,9 +254,9 @@ const ROLES: [&str; 4] = ["reactor", "journal", "decode", "logic"];
 /// All keep the same guarantees: a command is applied (and answered) only after the
 /// journal holds it, under the journal's durability; failures follow
 /// [`OnFailure`] and are reported under the same stage names (`journal`, `decode`,
-/// `logic`); replies go out in command order. On a two-core machine the inline layout
-/// answers the order engine's commands with a p99 about 5x lower than the parallel one's,
-/// and the fused layout with one about 3x lower (see the engine bench in BENCHMARKS.md).
+/// `logic`); replies go out in command order. On a two-core machine the inline and fused
+/// layouts answer the order engine's commands with a p99 several times lower than the
+/// parallel layout's (see the engine bench in BENCHMARKS.md).
 ///
 /// In the fused and inline layouts the input ring has one consumer, `logic`; the decode and apply
 /// failures it goes on from (under [`OnFailure::Skip`] or [`OnFailure::DeadLetter`]) are

@@ -16,7 +16,8 @@
 //!   schedule, so stalls are charged in full (no coordinated omission).
 //!   peregrine: reactor -> ingress ring -> `echo` stage, which writes the response to the
 //!   socket itself while the connection is idle (direct egress; otherwise egress ring ->
-//!   reactor).
+//!   reactor). The `-inline` rows: the echo runs on the event loop's own thread
+//!   (`Reactor::spawn_inline`), its responses leaving with the loop's next writes.
 //!   tokio: a current-thread runtime, one task per connection reading a frame and writing
 //!   it back (no hop to another thread).
 //! - **Ingress throughput.** Two connections blast 16-byte frames as fast as they can;
@@ -26,6 +27,7 @@
 //!
 //! Every figure is also given as a ratio against tokio measured in the same run.
 
+use std::collections::VecDeque;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,8 +35,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use peregrine_reactor::{BackendChoice, BackendKind, Config, Frame, Reactor, ReactorHandle};
-use peregrine_ring::{single_producer, Poller, Single, WaitStrategy};
+use peregrine_reactor::{
+    BackendChoice, BackendKind, Config, Egress, Frame, Inline, Reactor, ReactorHandle,
+};
+use peregrine_ring::{single_producer, PollState, Poller, Single, TryPublishError, WaitStrategy};
 
 const PAYLOAD: usize = 16;
 const RING: usize = 4096;
@@ -143,6 +147,73 @@ fn peregrine_echo(
         .unwrap();
     let (in_producer, _) = ingress.build().unwrap();
     let handle = reactor.spawn(in_producer, Some(poller)).unwrap();
+    check_backend(&handle, want);
+    Box::new(Peregrine {
+        handle: Some(handle),
+        consumed: Arc::new(AtomicU64::new(0)),
+    })
+}
+
+/// Echoes from the event loop's own thread ([`Reactor::spawn_inline`]): no stage
+/// thread, no hand-off. Responses the egress ring has no room for wait in `held`, in
+/// order, and no new frame is taken until they are out.
+struct InlineEcho {
+    frames: Poller<Frame, Single>,
+    egress: Egress<Frame, Single>,
+    held: VecDeque<Frame>,
+}
+
+impl Inline for InlineEcho {
+    fn turn(&mut self) -> bool {
+        while let Some(f) = self.held.front() {
+            match self.egress.try_publish(|o| o.set(f.conn, &f.payload)) {
+                Ok(_) => {
+                    self.held.pop_front();
+                }
+                Err(TryPublishError::Full) => return true,
+                Err(_) => self.held.clear(),
+            }
+        }
+        let (egress, held) = (&mut self.egress, &mut self.held);
+        let state = self.frames.poll(|f, _, _| {
+            let tried = if held.is_empty() {
+                egress.try_publish(|o| o.set(f.conn, &f.payload))
+            } else {
+                Err(TryPublishError::Full)
+            };
+            if let Err(TryPublishError::Full) = tried {
+                let mut copy = Frame::with_capacity(f.payload.len());
+                copy.set(f.conn, &f.payload);
+                held.push_back(copy);
+            }
+        });
+        matches!(state, PollState::Events(_))
+    }
+}
+
+fn peregrine_inline_echo(backend: BackendChoice, want: BackendKind) -> Box<dyn Server> {
+    let config = Config {
+        // Responses made on the loop's thread leave with its writes, one send per turn.
+        direct_egress: false,
+        ..peregrine_config(backend, None)
+    };
+    let max = config.max_frame;
+    let reactor = Reactor::bind(config).unwrap();
+    let mut out = single_producer(RING, move || Frame::with_capacity(max)).unwrap();
+    let out_id = out.poller("egress").add().unwrap();
+    let (out_producer, mut out_ring) = out.build().unwrap();
+    let egress_poller = out_ring.take_poller(out_id).unwrap();
+    let mut ingress = single_producer(RING, move || Frame::with_capacity(max)).unwrap();
+    let in_id = ingress.poller("echo").add().unwrap();
+    let (in_producer, mut in_ring) = ingress.build().unwrap();
+    let echo = InlineEcho {
+        frames: in_ring.take_poller(in_id).unwrap(),
+        egress: reactor.egress(out_producer),
+        held: VecDeque::new(),
+    };
+    let handle = reactor
+        .spawn_inline(in_producer, Some(egress_poller), echo)
+        .unwrap();
     check_backend(&handle, want);
     Box::new(Peregrine {
         handle: Some(handle),
@@ -478,7 +549,7 @@ fn main() {
         s.throughput_secs
     );
     type Make = fn() -> Box<dyn Server>;
-    let servers: [(&'static str, Make, Option<Make>); 6] = [
+    let servers: [(&'static str, Make, Option<Make>); 8] = [
         (
             "tokio",
             || tokio_server(TokioMode::Echo),
@@ -494,6 +565,16 @@ fn main() {
             "peregrine-io_uring",
             || peregrine_echo(BackendChoice::IoUring, BackendKind::IoUring, None),
             Some(|| peregrine_ingress(BackendChoice::IoUring, BackendKind::IoUring)),
+        ),
+        (
+            "peregrine-mio-inline",
+            || peregrine_inline_echo(BackendChoice::Mio, BackendKind::Mio),
+            None,
+        ),
+        (
+            "peregrine-io_uring-inline",
+            || peregrine_inline_echo(BackendChoice::IoUring, BackendKind::IoUring),
+            None,
         ),
         (
             "peregrine-mio+busy-poll",
@@ -595,5 +676,6 @@ fn main() {
     println!();
     println!("Targets: echo p50 <= 0.8x tokio; ingress >= 1.5x tokio; io_uring >= mio.");
     println!("tokio-pipeline hands each frame to a logic thread and back (the same two hops as peregrine); its ingress is tokio's.");
+    println!("-inline: the echo runs on the event loop's own thread (Reactor::spawn_inline), no stage thread; echo only.");
     println!("+busy-poll: the loop polls for {} µs after activity before sleeping (Config::busy_poll); echo only.", busy_poll().as_micros());
 }

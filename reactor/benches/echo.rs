@@ -27,7 +27,6 @@
 //!
 //! Every figure is also given as a ratio against tokio measured in the same run.
 
-use std::collections::VecDeque;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use peregrine_reactor::{
-    BackendChoice, BackendKind, Config, Egress, Frame, Inline, Reactor, ReactorHandle,
+    BackendChoice, BackendKind, Backlog, Config, Egress, Frame, Inline, Reactor, ReactorHandle,
 };
-use peregrine_ring::{single_producer, PollState, Poller, Single, TryPublishError, WaitStrategy};
+use peregrine_ring::{single_producer, PollState, Poller, Single, WaitStrategy};
 
 const PAYLOAD: usize = 16;
 const RING: usize = 4096;
@@ -155,37 +154,21 @@ fn peregrine_echo(
 }
 
 /// Echoes from the event loop's own thread ([`Reactor::spawn_inline`]): no stage
-/// thread, no hand-off. Responses the egress ring has no room for wait in `held`, in
-/// order, and no new frame is taken until they are out.
+/// thread, no hand-off. Responses the egress ring has no room for wait in a [`Backlog`].
 struct InlineEcho {
     frames: Poller<Frame, Single>,
     egress: Egress<Frame, Single>,
-    held: VecDeque<Frame>,
+    backlog: Backlog<Frame>,
 }
 
 impl Inline for InlineEcho {
     fn turn(&mut self) -> bool {
-        while let Some(f) = self.held.front() {
-            match self.egress.try_publish(|o| o.set(f.conn, &f.payload)) {
-                Ok(_) => {
-                    self.held.pop_front();
-                }
-                Err(TryPublishError::Full) => return true,
-                Err(_) => self.held.clear(),
-            }
+        if self.backlog.flush(&mut self.egress) == Ok(false) {
+            return true;
         }
-        let (egress, held) = (&mut self.egress, &mut self.held);
+        let (egress, backlog) = (&mut self.egress, &mut self.backlog);
         let state = self.frames.poll(|f, _, _| {
-            let tried = if held.is_empty() {
-                egress.try_publish(|o| o.set(f.conn, &f.payload))
-            } else {
-                Err(TryPublishError::Full)
-            };
-            if let Err(TryPublishError::Full) = tried {
-                let mut copy = Frame::with_capacity(f.payload.len());
-                copy.set(f.conn, &f.payload);
-                held.push_back(copy);
-            }
+            let _ = backlog.send(egress, |o| o.set(f.conn, &f.payload));
         });
         matches!(state, PollState::Events(_))
     }
@@ -209,7 +192,7 @@ fn peregrine_inline_echo(backend: BackendChoice, want: BackendKind) -> Box<dyn S
     let echo = InlineEcho {
         frames: in_ring.take_poller(in_id).unwrap(),
         egress: reactor.egress(out_producer),
-        held: VecDeque::new(),
+        backlog: Backlog::default(),
     };
     let handle = reactor
         .spawn_inline(in_producer, Some(egress_poller), echo)

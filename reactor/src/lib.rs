@@ -135,4 +135,4 @@ pub use config::{BackendChoice, Config, RateAction, RateLimit, BACKEND_ENV};
 pub use error::ReactorError;
 pub use reactor::{BackendKind, Inline, Reactor, ReactorHandle, Stopper};
 pub use stats::{CloseReason, StatsSnapshot};
-pub use waker::{Egress, LoopWaker, WRITTEN_DIRECTLY};
+pub use waker::{Backlog, Egress, LoopWaker, WRITTEN_DIRECTLY};

@@ -13,6 +13,7 @@
 //! The fences are totally ordered: either the loop's check sees the publish, or the
 //! publisher sees `sleeping` and writes the eventfd. No wake-up is lost.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -237,6 +238,38 @@ impl<E, S: Sequencer> Egress<E, S> {
         Ok(WRITTEN_DIRECTLY)
     }
 
+    /// As [`try_publish`](Self::try_publish), with the response already made: `event` is
+    /// swapped into the ring (or written directly), and on success holds what the slot
+    /// held before, for reuse. When the ring refuses it, `event` is left as it was.
+    ///
+    /// # Errors
+    ///
+    /// As [`Producer::try_publish`].
+    #[inline]
+    pub fn try_publish_swap(&mut self, event: &mut E) -> Result<u64, TryPublishError> {
+        let Some(direct) = self.direct.as_mut() else {
+            // A refused `try_publish` does not call its closure: `event` is untouched.
+            let r = self
+                .producer
+                .try_publish(|slot| std::mem::swap(slot, event));
+            self.waker.wake();
+            return r;
+        };
+        std::mem::swap(&mut direct.scratch, event);
+        if let Some(conn) = direct.try_write(&self.waker) {
+            // `try_write` changed nothing when it routes; give the response back if the
+            // ring has no room for it.
+            return match self.producer.try_claim() {
+                Ok(claim) => Ok(direct.route(conn, claim, &self.waker)),
+                Err(e) => {
+                    std::mem::swap(&mut direct.scratch, event);
+                    Err(e)
+                }
+            };
+        }
+        Ok(WRITTEN_DIRECTLY)
+    }
+
     /// The producer, for batch claims; call [`wake`](Self::wake) after publishing.
     ///
     /// Entries published this way carry no per-connection mark, so from the first call
@@ -296,5 +329,98 @@ impl<E> DirectPath<E> {
         drop(claim);
         waker.wake();
         sequence
+    }
+}
+
+/// Responses an [`Inline`](crate::Inline) handler made while the egress ring was full,
+/// held in order until the loop has drained the ring.
+///
+/// The loop is the egress ring's only consumer and does not run while the handler does,
+/// so a handler on the loop's thread must never wait for room: it sends through a
+/// `Backlog`, which publishes while there is room and nothing is held, and holds the rest;
+/// [`flush`](Self::flush) at the start of each turn publishes what is held, and the
+/// handler takes no new work until it is empty (so later responses cannot overtake held
+/// ones, and its ingress ring fills, which pauses reading).
+#[derive(Debug)]
+pub struct Backlog<E> {
+    held: VecDeque<E>,
+    /// Events to write the next responses into (what published slots held before).
+    spare: Vec<E>,
+}
+
+impl<E: Default> Default for Backlog<E> {
+    fn default() -> Self {
+        Self {
+            held: VecDeque::new(),
+            spare: Vec::new(),
+        }
+    }
+}
+
+impl<E: Default> Backlog<E> {
+    /// Whether no response is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Makes a response with `write` (on an event that may hold an earlier response's
+    /// data: overwrite every field) and publishes it, or holds it when responses are
+    /// already held or the ring is full.
+    ///
+    /// # Errors
+    ///
+    /// [`TryPublishError::Halted`] or [`TryPublishError::Closed`]: the ring will take
+    /// nothing more, and the response is dropped.
+    pub fn send<S: Sequencer>(
+        &mut self,
+        egress: &mut Egress<E, S>,
+        write: impl FnOnce(&mut E),
+    ) -> Result<(), TryPublishError> {
+        let mut event = self.spare.pop().unwrap_or_default();
+        write(&mut event);
+        if self.held.is_empty() {
+            match egress.try_publish_swap(&mut event) {
+                Ok(_) => {
+                    self.spare.push(event);
+                    return Ok(());
+                }
+                Err(TryPublishError::Full) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.held.push_back(event);
+        Ok(())
+    }
+
+    /// Publishes held responses, in order, while the ring has room. Returns whether none
+    /// is left held.
+    ///
+    /// # Errors
+    ///
+    /// [`TryPublishError::Halted`] or [`TryPublishError::Closed`]: the ring will take
+    /// nothing more; the held responses are dropped and their count returned.
+    pub fn flush<S: Sequencer>(&mut self, egress: &mut Egress<E, S>) -> Result<bool, usize> {
+        while let Some(mut event) = self.held.pop_front() {
+            match egress.try_publish_swap(&mut event) {
+                Ok(_) => self.spare.push(event),
+                Err(TryPublishError::Full) => {
+                    self.held.push_front(event);
+                    return Ok(false);
+                }
+                Err(_) => {
+                    let dropped = self.held.len() + 1;
+                    self.held.clear();
+                    return Err(dropped);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Drops every held response (nothing will drain the ring any more); returns how many.
+    pub fn clear(&mut self) -> usize {
+        let n = self.held.len();
+        self.held.clear();
+        n
     }
 }

@@ -3,53 +3,33 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use peregrine_reactor::{BackendChoice, Config, Egress, Frame, Inline, Reactor, ReactorHandle};
-use peregrine_ring::{single_producer, Poller, Single, TryPublishError, WaitStrategy};
+use peregrine_reactor::{
+    BackendChoice, Backlog, Config, ConnId, Egress, Frame, Inline, Reactor, ReactorHandle,
+};
+use peregrine_ring::{single_producer, Poller, Single, WaitStrategy};
 
-/// Echoes each frame from the loop's own thread. Responses the egress ring has no room
-/// for wait in `held`, in order, and no new frame is taken until they are out.
+/// Echoes each frame from the loop's own thread, through a `Backlog` (responses the
+/// egress ring has no room for wait there, in order).
 struct InlineEcho {
     frames: Poller<Frame, Single>,
     egress: Egress<Frame, Single>,
-    held: VecDeque<Frame>,
+    backlog: Backlog<Frame>,
     /// Frames echoed in `finish`, after the loop stopped; `u64::MAX` until it runs.
     finished: Arc<AtomicU64>,
 }
 
 impl InlineEcho {
-    fn send_held(&mut self) -> bool {
-        while let Some(f) = self.held.front() {
-            match self.egress.try_publish(|o| o.set(f.conn, &f.payload)) {
-                Ok(_) => {
-                    self.held.pop_front();
-                }
-                Err(TryPublishError::Full) => return false,
-                Err(_) => self.held.clear(),
-            }
-        }
-        true
-    }
-
     fn echo(&mut self) -> u64 {
-        let (egress, held) = (&mut self.egress, &mut self.held);
+        let (egress, backlog) = (&mut self.egress, &mut self.backlog);
         let mut n = 0;
         self.frames.poll(|f, _, _| {
             n += 1;
-            let tried = match held.is_empty() {
-                true => egress.try_publish(|o| o.set(f.conn, &f.payload)),
-                false => Err(TryPublishError::Full),
-            };
-            if let Err(TryPublishError::Full) = tried {
-                let mut copy = Frame::with_capacity(f.payload.len());
-                copy.set(f.conn, &f.payload);
-                held.push_back(copy);
-            }
+            let _ = backlog.send(egress, |o| o.set(f.conn, &f.payload));
         });
         n
     }
@@ -57,7 +37,7 @@ impl InlineEcho {
 
 impl Inline for InlineEcho {
     fn turn(&mut self) -> bool {
-        if !self.send_held() {
+        if self.backlog.flush(&mut self.egress) == Ok(false) {
             return true;
         }
         self.echo() > 0
@@ -94,7 +74,7 @@ fn inline_echo_server(config: Config, ring: usize, finished: Arc<AtomicU64>) -> 
     let echo = InlineEcho {
         frames: in_ring.take_poller(in_id).unwrap(),
         egress: reactor.egress(out_producer),
-        held: VecDeque::new(),
+        backlog: Backlog::default(),
         finished,
     };
     let handle = reactor
@@ -132,6 +112,40 @@ fn clients_are_answered_in_order_from_the_loop_thread(backend: BackendChoice) {
     // Every frame was answered while the loop ran: nothing was left for `finish`, which
     // ran once the loop stopped.
     assert_eq!(finished.load(Ordering::Acquire), 0);
+}
+
+#[test]
+fn a_backlog_holds_what_the_ring_cannot_take_and_keeps_the_order() {
+    let reactor = Reactor::bind(config(BackendChoice::Mio)).unwrap();
+    let mut out = single_producer(4, Frame::default).unwrap();
+    let id = out.poller("egress").add().unwrap();
+    let (producer, mut ring) = out.build().unwrap();
+    let mut poller = ring.take_poller(id).unwrap();
+    // No direct path: every response goes through the 4-slot ring.
+    let mut egress = Egress::new(producer, reactor.waker());
+    let mut backlog = Backlog::default();
+    let conn = ConnId::NONE;
+    for i in 0..10u8 {
+        backlog.send(&mut egress, |f| f.set(conn, &[i])).unwrap();
+    }
+    assert!(!backlog.is_empty());
+    let mut seen = Vec::new();
+    loop {
+        poller.poll(|f, _, _| seen.push(f.payload[0]));
+        if backlog.flush(&mut egress) == Ok(true) {
+            poller.poll(|f, _, _| seen.push(f.payload[0]));
+            break;
+        }
+    }
+    assert_eq!(seen, (0..10).collect::<Vec<u8>>());
+    // Held responses that the ring will never take are dropped and counted.
+    for i in 0..6u8 {
+        backlog.send(&mut egress, |f| f.set(conn, &[i])).unwrap();
+    }
+    drop(poller);
+    ring.halt();
+    assert_eq!(backlog.flush(&mut egress), Err(2));
+    assert!(backlog.is_empty());
 }
 
 macro_rules! on_backend {

@@ -76,7 +76,6 @@
 //! ```
 
 use std::cell::UnsafeCell;
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -90,12 +89,12 @@ use peregrine_journal::{
     AppendError, Appender, Config as JournalConfig, OpenError, ReadError, Reader,
 };
 use peregrine_reactor::{
-    BackendKind, Codec, Config as ReactorConfig, ConnId, Egress, FrameError, LengthPrefixed,
-    Reactor, ReactorError, ReactorHandle, HEADER_LEN,
+    BackendKind, Backlog, Codec, Config as ReactorConfig, ConnId, Egress, FrameError,
+    LengthPrefixed, Reactor, ReactorError, ReactorHandle, HEADER_LEN,
 };
 use peregrine_ring::{
     single_producer, BuildError, DeadLetterSink, EventHandler, Failure, FailurePolicy, PollState,
-    Poller, Ring, Single, StageBuilder, Telemetry, TryEventHandler, TryPublishError, WaitStrategy,
+    Poller, Ring, Single, StageBuilder, Telemetry, TryEventHandler, WaitStrategy,
 };
 use thiserror::Error;
 
@@ -133,7 +132,7 @@ pub struct Reply<'a> {
     undelivered: Option<&'a Counter>,
     /// In the [`Layout::Inline`] layout: where replies the egress ring has no room for
     /// wait (the loop cannot drain the ring while `apply` runs).
-    overflow: Option<&'a mut Overflow>,
+    backlog: Option<&'a mut Backlog<Outbound>>,
 }
 
 impl fmt::Debug for Reply<'_> {
@@ -152,7 +151,7 @@ impl<'a> Reply<'a> {
             egress: None,
             origin: ConnId::NONE,
             undelivered: None,
-            overflow: None,
+            backlog: None,
         }
     }
 
@@ -182,7 +181,7 @@ impl<'a> Reply<'a> {
         let Some(egress) = self.egress.as_deref_mut() else {
             return;
         };
-        let sent = match self.overflow.as_deref_mut() {
+        let sent = match self.backlog.as_deref_mut() {
             None => egress
                 .publish(|out| {
                     out.conn = conn;
@@ -191,34 +190,14 @@ impl<'a> Reply<'a> {
                 })
                 .map(drop)
                 .map_err(drop),
-            Some(overflow) => {
-                // Never wait for room: the loop that makes it is this thread. The reply is
-                // written aside first, since a refused `try_publish` may have used `write`.
-                overflow.scratch.clear();
-                write(&mut overflow.scratch);
-                let tried = if overflow.held.is_empty() {
-                    let bytes = &overflow.scratch;
-                    egress.try_publish(|out| {
-                        out.conn = conn;
-                        out.bytes.clear();
-                        out.bytes.extend_from_slice(bytes);
-                    })
-                } else {
-                    // Behind held replies: keep the order.
-                    Err(TryPublishError::Full)
-                };
-                match tried {
-                    Ok(_) => Ok(()),
-                    Err(TryPublishError::Full) => {
-                        overflow.held.push_back(Outbound {
-                            conn,
-                            bytes: overflow.scratch.clone(),
-                        });
-                        Ok(())
-                    }
-                    Err(_) => Err(()),
-                }
-            }
+            // Never wait for room: the loop that makes it is this thread.
+            Some(backlog) => backlog
+                .send(egress, |out| {
+                    out.conn = conn;
+                    out.bytes.clear();
+                    write(&mut out.bytes);
+                })
+                .map_err(drop),
         };
         if sent.is_err() {
             if let Some(c) = self.undelivered {
@@ -697,7 +676,7 @@ impl Pipeline {
             snapshots_taken,
             snapshot_failures,
             skipped,
-            overflow: (layout == Layout::Inline).then(Overflow::default),
+            backlog: (layout == Layout::Inline).then(Backlog::default),
         };
         let failure = Arc::new(Mutex::new(None));
         let mut inline = None;
@@ -1188,14 +1167,6 @@ impl<C: Default> Inbound<C> {
 // protocol, and fails when the barrier or the gating is broken.
 unsafe impl<C: Send + Sync> Sync for Inbound<C> {}
 
-/// Replies held back in the [`Layout::Inline`] layout, in order, and the buffer each
-/// reply is written to first.
-#[derive(Debug, Default)]
-struct Overflow {
-    held: VecDeque<Outbound>,
-    scratch: Vec<u8>,
-}
-
 /// The slot of the output ring: one reply frame's payload and its connection.
 #[derive(Debug, Default)]
 struct Outbound {
@@ -1340,35 +1311,29 @@ struct LogicStage<L: Logic> {
     snapshot_failures: Counter,
     skipped: Counter,
     /// `Some` in the [`Layout::Inline`] layout; see [`Reply`].
-    overflow: Option<Overflow>,
+    backlog: Option<Backlog<Outbound>>,
 }
 
 impl<L: Logic> LogicStage<L> {
     /// Moves replies held back in the [`Layout::Inline`] layout into the egress ring, in
     /// order, as far as it has room; true when none is left. Replies the ring will never
     /// take (it halted, or `give_up`: nothing drains it any more) count as undelivered.
-    fn flush_overflow(&mut self, give_up: bool) -> bool {
-        let Some(Overflow { held: overflow, .. }) = self.overflow.as_mut() else {
+    fn flush_backlog(&mut self, give_up: bool) -> bool {
+        let Some(backlog) = self.backlog.as_mut() else {
             return true;
         };
-        while let Some(front) = overflow.front() {
-            let tried = self.egress.try_publish(|out| {
-                out.conn = front.conn;
-                out.bytes.clear();
-                out.bytes.extend_from_slice(&front.bytes);
-            });
-            match tried {
-                Ok(_) => {
-                    overflow.pop_front();
-                }
-                Err(TryPublishError::Full) if !give_up => return false,
-                Err(_) => {
-                    self.undelivered.add(overflow.len() as u64);
-                    overflow.clear();
-                }
+        match backlog.flush(&mut self.egress) {
+            Ok(true) => true,
+            Ok(false) if !give_up => false,
+            Ok(false) => {
+                self.undelivered.add(backlog.clear() as u64);
+                true
+            }
+            Err(dropped) => {
+                self.undelivered.add(dropped as u64);
+                true
             }
         }
-        true
     }
 
     fn snapshot(&mut self, next_sequence: u64) {
@@ -1403,7 +1368,7 @@ impl<L: Logic> LogicStage<L> {
                     egress: Some(&mut self.egress),
                     origin: conn,
                     undelivered: Some(&self.undelivered),
-                    overflow: self.overflow.as_mut(),
+                    backlog: self.backlog.as_mut(),
                 };
                 if let Some(logic) = self.logic.as_mut() {
                     logic.apply(command, &mut reply);
@@ -1681,7 +1646,7 @@ where
         }
         // Replies held back come first; until they are out, no new command is applied
         // (its replies would overtake them), and the ingress ring fills behind them.
-        if !self.fused.logic.flush_overflow(false) {
+        if !self.fused.logic.flush_backlog(false) {
             return true;
         }
         self.handle()
@@ -1691,12 +1656,12 @@ where
         // The connections are closed and the producer dropped: apply what the journal
         // will hold anyway, as the other layouts' stages drain; replies go nowhere.
         while !self.halted {
-            self.fused.logic.flush_overflow(true);
+            self.fused.logic.flush_backlog(true);
             if !self.handle() {
                 break;
             }
         }
-        self.fused.logic.flush_overflow(true);
+        self.fused.logic.flush_backlog(true);
         self.fused.on_shutdown();
     }
 }

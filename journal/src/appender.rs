@@ -4,10 +4,10 @@
 //! Hot path of one append: bounds check, copy the sequence and payload into the mapped
 //! segment, CRC32C (hardware instruction), a `Release` store of the length word, and, once
 //! every `index_block` bytes, a sparse index slot. No system call, no allocation, no page
-//! fault when the segment was pre-faulted. Rolling happens once per segment; the next two
-//! segments are created and pre-faulted by a background thread while the current one fills
-//! (or, under [`Pretouch::OnIdle`], in steps by the appending thread), so the roll itself is
-//! a header write, a seal and a `rename`. A batch checksums four records at a time.
+//! fault when the segment was pre-faulted. Rolling happens once per segment; the next
+//! segments (two by default, [`Config::prepare_ahead`]) are created and pre-faulted by a
+//! background thread while the current one fills (or, under [`Pretouch::OnIdle`], in steps
+//! by the appending thread), so the roll itself is a header write, a seal and a `rename`. A batch checksums four records at a time.
 
 use std::collections::VecDeque;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -62,7 +62,7 @@ pub enum Durability {
 ///
 /// | mode | who | fits |
 /// |---|---|---|
-/// | `Background` (default) | a background thread, two segments ahead | a spare core for it, or an appender that may be preempted now and then |
+/// | `Background` (default) | a background thread, [`Config::prepare_ahead`] segments ahead (two by default) | a spare core for it, or an appender that may be preempted now and then |
 /// | `OnIdle` | the appending thread, one step per [`Appender::pretouch`] call from its idle loop | busy-spinning appenders and readers with no core to spare (Chronicle Queue's model) |
 /// | `Off` | nobody: each first write to a page faults, and a roll creates the file | tests, tiny journals |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,7 +70,8 @@ pub enum Durability {
 pub enum Pretouch {
     /// No pre-faulting.
     Off,
-    /// A background thread prepares the next two segments while the current one fills.
+    /// A background thread prepares the next segments (two by default, see
+    /// [`Config::prepare_ahead`]) while the current one fills.
     #[default]
     Background,
     /// The appending thread prepares the next segment in steps, when it calls
@@ -96,6 +97,7 @@ pub struct Config {
     index_block: u32,
     durability: Durability,
     pretouch: Pretouch,
+    prepare_ahead: usize,
     repair_corrupt_tail: bool,
 }
 
@@ -106,6 +108,7 @@ impl Default for Config {
             index_block: 4096,
             durability: Durability::None,
             pretouch: Pretouch::Background,
+            prepare_ahead: 2,
             repair_corrupt_tail: false,
         }
     }
@@ -135,8 +138,8 @@ impl Config {
         self
     }
 
-    /// Whether a background thread creates, preallocates and pre-faults the next two
-    /// segments while the current one fills, keeping page faults and file creation off the
+    /// Whether a background thread creates, preallocates and pre-faults the next segments
+    /// (two, or [`prepare_ahead`](Self::prepare_ahead)) while the current one fills, keeping page faults and file creation off the
     /// append path: `true` is [`Pretouch::Background`] (the default), `false`
     /// [`Pretouch::Off`]. See [`pretouch_mode`](Self::pretouch_mode) for the third choice.
     ///
@@ -172,6 +175,32 @@ impl Config {
         self
     }
 
+    /// How many segments the background thread ([`Pretouch::Background`]) keeps created and
+    /// pre-faulted ahead of the one being written: the runway an appender has before it
+    /// waits at a roll for a segment the kernel is still zeroing. Default 2, between 1 and
+    /// [`MAX_PREPARE_AHEAD`]. The other modes prepare one segment ahead whatever this says.
+    ///
+    /// Each segment of runway holds [`segment_size`](Self::segment_size) bytes of page cache
+    /// and disk. A sustained append rate is bounded by how fast the kernel zeroes and the
+    /// background thread faults in new pages (on the reference machine about a third of a
+    /// plain memory copy); a longer runway lets a burst of up to `segments × segment_size`
+    /// bytes run at the speed of a copy into memory that is already mapped. Pair it with
+    /// [`Appender::wait_prepared`] before the burst (before a market opens, say) so the runway
+    /// is complete when it starts.
+    ///
+    /// ```
+    /// use peregrine_journal::Config;
+    ///
+    /// // A 256 MiB runway: eight 32 MiB segments prepared ahead.
+    /// let config = Config::default().segment_size(32 << 20).prepare_ahead(8);
+    /// assert_eq!(config.get_prepare_ahead(), 8);
+    /// ```
+    #[must_use]
+    pub fn prepare_ahead(mut self, segments: usize) -> Self {
+        self.prepare_ahead = segments;
+        self
+    }
+
     /// What [`Appender::open`] does when the tail segment holds a record that fails
     /// validation and valid records follow it. That is damage, not a torn write (a killed
     /// appender leaves a zero length word, never a wrong one), though a power loss can
@@ -193,6 +222,11 @@ impl Config {
     /// The configured durability mode.
     pub fn get_durability(&self) -> Durability {
         self.durability
+    }
+
+    /// The configured number of segments prepared ahead (see [`Config::prepare_ahead`]).
+    pub fn get_prepare_ahead(&self) -> usize {
+        self.prepare_ahead
     }
 
     /// Whether segments are pre-faulted in huge pages (see [`Config::pretouch`]).
@@ -222,6 +256,11 @@ impl Config {
         if format::data_offset(self.segment_size, self.index_block) + 64 > self.segment_size {
             return Err(OpenError::Config(
                 "index block too small for the segment size",
+            ));
+        }
+        if !(1..=MAX_PREPARE_AHEAD).contains(&self.prepare_ahead) {
+            return Err(OpenError::Config(
+                "prepare_ahead must be between 1 and 1024 segments",
             ));
         }
         if let Durability::Batch { max_records: 0, .. } = self.durability {
@@ -416,7 +455,12 @@ impl Appender {
             if config.huge_pages() {
                 active.map.advise_huge_pages();
             }
-            active.map.prefault_from(tail.offset);
+            // From the next index slot on: the `msync` above write-protected the index
+            // pages too, and each would otherwise fault when the appender first stores a slot
+            // there (every 2 MiB of records with the default index block).
+            active
+                .map
+                .prefault_from(slot_offset(tail.next_slot).min(tail.offset));
         }
         let mut appender = Appender {
             max_payload: config.max_payload(),
@@ -660,6 +704,7 @@ impl Appender {
         let total = RECORD_HEADER_LEN + len;
         let length_word = total as u32;
         let sequence = self.next_sequence;
+        self.active.map.prefetch(offset + PREFETCH_AHEAD);
         let bytes = &mut self.active.map.bytes_mut()[offset..offset + total];
         bytes[8..16].copy_from_slice(&sequence.to_le_bytes());
         fill(&mut bytes[RECORD_HEADER_LEN..]);
@@ -760,8 +805,8 @@ impl Appender {
         Ok(())
     }
 
-    /// Asks the background thread to prepare the [`PREPARE_AHEAD`] segments after the active
-    /// one, starting the thread on first use.
+    /// Asks the background thread to prepare the [`Config::prepare_ahead`] segments after
+    /// the active one, starting the thread on first use.
     fn prepare_next(&mut self) {
         if self.config.pretouch != Pretouch::Background {
             return;
@@ -771,16 +816,79 @@ impl Appender {
                 self.dir.clone(),
                 self.config.segment_size,
                 self.config.huge_pages(),
+                self.config.prepare_ahead,
             );
         }
         let active = self.active.header.index;
         if let Some(pretoucher) = &mut self.pretoucher {
-            while pretoucher.pending.len() < PREPARE_AHEAD {
-                let index = pretoucher.pending.back().map_or(active, |&i| i) + 1;
+            while pretoucher.ahead() < self.config.prepare_ahead {
+                let index = pretoucher.last_asked().unwrap_or(active) + 1;
                 if pretoucher.jobs.send(Job::Prepare(index)).is_err() {
                     break;
                 }
                 pretoucher.pending.push_back(index);
+            }
+        }
+    }
+
+    /// Blocks until the segments ahead of the active one are prepared, and returns how many
+    /// are: under [`Pretouch::Background`], every segment the background thread was asked
+    /// for (the [`Config::prepare_ahead`] runway); under [`Pretouch::OnIdle`], the next
+    /// segment, pre-faulted here by running the [`pretouch`](Self::pretouch) steps to the
+    /// end; under [`Pretouch::Off`], none (returns 0 at once).
+    ///
+    /// Call it after [`open`](Self::open), or in a quiet period after a burst, before
+    /// latency-critical appends, so that they take no page fault and no roll waits for the
+    /// kernel. Preparing a segment costs about as much as writing it once; with a long
+    /// runway this can take a while (tens of milliseconds per 32 MiB segment).
+    ///
+    /// ```
+    /// use peregrine_journal::{Appender, Config};
+    ///
+    /// # let dir = std::env::temp_dir().join(format!("pj-doc-wait-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// let config = Config::default().segment_size(1 << 20).prepare_ahead(3);
+    /// let (mut appender, _) = Appender::open(&dir, config)?;
+    /// assert_eq!(appender.wait_prepared()?, 3);
+    /// appender.append(b"first order of the day")?;
+    /// # drop(appender);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AppendError::Io`] when the background thread failed to create, preallocate or
+    /// pre-fault a segment (a full disk, say), naming its path; that segment is prepared
+    /// again, on the appending thread, when the appender reaches it. Under
+    /// [`Pretouch::OnIdle`], the errors of [`pretouch`](Self::pretouch).
+    pub fn wait_prepared(&mut self) -> Result<usize, AppendError> {
+        match self.config.pretouch {
+            Pretouch::Off => Ok(0),
+            Pretouch::OnIdle => {
+                while self.pretouch()? {}
+                Ok(usize::from(self.idle.next.is_some()))
+            }
+            Pretouch::Background => {
+                self.prepare_next();
+                let Some(pretoucher) = &mut self.pretoucher else {
+                    return Ok(0);
+                };
+                let mut failed = None;
+                while pretoucher.pending.pop_front().is_some() {
+                    match pretoucher.ready.recv() {
+                        Ok(Ok(prepared)) => pretoucher.received.push_back(prepared),
+                        Ok(Err(fault)) => {
+                            failed.get_or_insert(fault);
+                        }
+                        // The thread is gone; rolls prepare their segments themselves.
+                        Err(mpsc::RecvError) => break,
+                    }
+                }
+                match failed {
+                    Some(fault) => Err(fault.into()),
+                    None => Ok(pretoucher.received.len()),
+                }
             }
         }
     }
@@ -795,8 +903,18 @@ impl Appender {
             }
         }
         if let Some(pretoucher) = &mut self.pretoucher {
-            // Results arrive in the order asked for, so the oldest pending one is `index`.
-            if pretoucher.pending.front() == Some(&index) {
+            // Segments are asked for, and arrive, in index order: the oldest received one, or
+            // else the oldest pending one, is `index` unless preparing it failed.
+            if pretoucher
+                .received
+                .front()
+                .is_some_and(|p| p.index == index)
+            {
+                if let Some(prepared) = pretoucher.received.pop_front() {
+                    return Ok(prepared);
+                }
+            }
+            if pretoucher.received.is_empty() && pretoucher.pending.front() == Some(&index) {
                 pretoucher.pending.pop_front();
                 if let Ok(Ok(prepared)) = pretoucher.ready.recv() {
                     if prepared.index == index {
@@ -918,6 +1036,7 @@ impl PendingCrcs<'_> {
         let appender = &mut *self.appender;
         let offset = appender.offset;
         let sequence = appender.next_sequence + self.len as u64;
+        appender.active.map.prefetch(offset + PREFETCH_AHEAD);
         let record = &mut appender.active.map.bytes_mut()[offset..offset + total];
         record[8..16].copy_from_slice(&sequence.to_le_bytes());
         record[RECORD_HEADER_LEN..].copy_from_slice(payload);
@@ -971,6 +1090,11 @@ impl std::fmt::Debug for PendingCrcs<'_> {
     }
 }
 
+/// How far ahead of each record the appender prefetches the segment: a page, so that the
+/// first write to each new page finds its line (and its page-table entry) already fetched,
+/// where the hardware prefetchers, which stop at page boundaries, leave it cold.
+const PREFETCH_AHEAD: usize = 4096;
+
 /// Bytes one [`Appender::pretouch`] step pre-faults: one huge page.
 const IDLE_STEP: usize = 2 << 20;
 
@@ -991,10 +1115,10 @@ struct IdleNext {
     faulted: usize,
 }
 
-/// How many segments the background thread keeps prepared ahead of the active one. Two, so
-/// that a background thread that was descheduled for a while (or slowed by the appender's own
-/// memory traffic) has a whole segment's time to catch up before the appender waits at a roll.
-const PREPARE_AHEAD: usize = 2;
+/// The largest [`Config::prepare_ahead`]. The default, two, gives a background thread that
+/// was descheduled for a while (or slowed by the appender's own memory traffic) a whole
+/// segment's time to catch up before the appender waits at a roll.
+pub const MAX_PREPARE_AHEAD: usize = 1024;
 
 /// Work for the background thread.
 enum Job {
@@ -1012,6 +1136,9 @@ struct Pretoucher {
     ready: mpsc::Receiver<Result<Prepared, Fault>>,
     /// Indices of the segments asked for and not yet received, oldest first.
     pending: VecDeque<u64>,
+    /// Segments received by [`Appender::wait_prepared`] and not yet rolled to, oldest first;
+    /// all of them have lower indices than every pending one.
+    received: VecDeque<Prepared>,
     handle: JoinHandle<()>,
 }
 
@@ -1026,7 +1153,12 @@ impl std::fmt::Debug for Job {
 
 impl Pretoucher {
     /// Starts the thread; `None` if it cannot be spawned (rolls then prepare inline).
-    fn start(dir: PathBuf, segment_size: u64, huge_pages: bool) -> Option<Pretoucher> {
+    fn start(
+        dir: PathBuf,
+        segment_size: u64,
+        huge_pages: bool,
+        ahead: usize,
+    ) -> Option<Pretoucher> {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (ready_tx, ready) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -1050,9 +1182,23 @@ impl Pretoucher {
         Some(Pretoucher {
             jobs,
             ready,
-            pending: VecDeque::with_capacity(PREPARE_AHEAD),
+            pending: VecDeque::with_capacity(ahead),
+            received: VecDeque::with_capacity(ahead),
             handle,
         })
+    }
+
+    /// Segments asked for and not yet rolled to.
+    fn ahead(&self) -> usize {
+        self.pending.len() + self.received.len()
+    }
+
+    /// Index of the last segment asked for, if any is still ahead.
+    fn last_asked(&self) -> Option<u64> {
+        self.pending
+            .back()
+            .copied()
+            .or_else(|| self.received.back().map(|p| p.index))
     }
 }
 

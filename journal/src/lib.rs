@@ -139,7 +139,7 @@ mod map;
 mod reader;
 mod retention;
 
-pub use appender::{Appender, Config, Durability, Pretouch, RecoveryReport};
+pub use appender::{Appender, Config, Durability, Pretouch, RecoveryReport, MAX_PREPARE_AHEAD};
 pub use cursor::Cursor;
 pub use error::{AppendError, CommitError, CursorError, OpenError, ReadError, RetentionError};
 pub use reader::{verify, Reader, Record, Tailer, TailerWait, VerifyReport};

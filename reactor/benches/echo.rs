@@ -174,11 +174,19 @@ impl Inline for InlineEcho {
     }
 }
 
-fn peregrine_inline_echo(backend: BackendChoice, want: BackendKind) -> Box<dyn Server> {
+/// The busy-poll budget of the `-inline+spin` rows: long enough that the loop never sleeps
+/// between requests while traffic flows (it holds one core).
+const SPIN: Duration = Duration::from_secs(1);
+
+fn peregrine_inline_echo(
+    backend: BackendChoice,
+    want: BackendKind,
+    busy_poll: Option<Duration>,
+) -> Box<dyn Server> {
     let config = Config {
         // Responses made on the loop's thread leave with its writes, one send per turn.
         direct_egress: false,
-        ..peregrine_config(backend, None)
+        ..peregrine_config(backend, busy_poll)
     };
     let max = config.max_frame;
     let reactor = Reactor::bind(config).unwrap();
@@ -532,7 +540,7 @@ fn main() {
         s.throughput_secs
     );
     type Make = fn() -> Box<dyn Server>;
-    let servers: [(&'static str, Make, Option<Make>); 8] = [
+    let servers: [(&'static str, Make, Option<Make>); 10] = [
         (
             "tokio",
             || tokio_server(TokioMode::Echo),
@@ -551,12 +559,22 @@ fn main() {
         ),
         (
             "peregrine-mio-inline",
-            || peregrine_inline_echo(BackendChoice::Mio, BackendKind::Mio),
+            || peregrine_inline_echo(BackendChoice::Mio, BackendKind::Mio, None),
             None,
         ),
         (
             "peregrine-io_uring-inline",
-            || peregrine_inline_echo(BackendChoice::IoUring, BackendKind::IoUring),
+            || peregrine_inline_echo(BackendChoice::IoUring, BackendKind::IoUring, None),
+            None,
+        ),
+        (
+            "peregrine-mio-inline+spin",
+            || peregrine_inline_echo(BackendChoice::Mio, BackendKind::Mio, Some(SPIN)),
+            None,
+        ),
+        (
+            "peregrine-io_uring-inline+spin",
+            || peregrine_inline_echo(BackendChoice::IoUring, BackendKind::IoUring, Some(SPIN)),
             None,
         ),
         (
@@ -661,4 +679,5 @@ fn main() {
     println!("tokio-pipeline hands each frame to a logic thread and back (the same two hops as peregrine); its ingress is tokio's.");
     println!("-inline: the echo runs on the event loop's own thread (Reactor::spawn_inline), no stage thread; echo only.");
     println!("+busy-poll: the loop polls for {} µs after activity before sleeping (Config::busy_poll); echo only.", busy_poll().as_micros());
+    println!("-inline+spin: inline, and the loop polls for {} s after activity (Config::busy_poll), so it never sleeps between requests: it holds one core; echo only.", SPIN.as_secs());
 }

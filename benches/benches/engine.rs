@@ -18,7 +18,9 @@
 //!
 //! `-- round-trip` or `-- replay` runs one part; `PEREGRINE_BENCH_WAIT=blocking|phased` or
 //! `phased:SPIN_US:YIELD_US` sets the engine's wait strategy (default phased, the pipeline's
-//! own). Prints markdown tables (`benches/run.sh` copies them into BENCHMARKS.md).
+//! own); `PEREGRINE_BENCH_LAYOUTS=inline,fused` runs only those layouts besides the
+//! machine's default; `PEREGRINE_BENCH_BUSY_POLL_US` gives the engine's event loop a
+//! busy-poll budget (`peregrine::reactor::Config::busy_poll`). Prints markdown tables (`benches/run.sh` copies them into BENCHMARKS.md).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -31,7 +33,8 @@ use peregrine::pipeline::{Layout, Pipeline};
 use peregrine::ring::WaitStrategy;
 use peregrine_benches::quick;
 use peregrine_examples::book::{market_commands, random_commands, Command, COMMAND_LEN};
-use peregrine_examples::engine::{load, pipeline, Books, Load};
+use peregrine::reactor::Config as ReactorConfig;
+use peregrine_examples::engine::{load, pipeline, Books, Load, MAX_PAYLOAD};
 
 const INSTRUMENTS: u32 = 8;
 
@@ -146,6 +149,24 @@ fn strategy() -> WaitStrategy {
     }
 }
 
+/// Whether `PEREGRINE_BENCH_LAYOUTS` (a comma-separated list such as `inline,fused`) asks
+/// for `layout`; without it every layout runs. The machine's default layout always runs:
+/// the target is judged on it.
+fn layouts_wanted(layout: Layout) -> bool {
+    std::env::var("PEREGRINE_BENCH_LAYOUTS").map_or(true, |list| {
+        list.split(',')
+            .any(|name| name.trim().eq_ignore_ascii_case(&format!("{layout:?}")))
+    })
+}
+
+/// The engine reactor's busy-poll budget: `PEREGRINE_BENCH_BUSY_POLL_US` (default none: the
+/// loop sleeps in the kernel when it has nothing to do).
+fn busy_poll() -> Option<Duration> {
+    std::env::var("PEREGRINE_BENCH_BUSY_POLL_US")
+        .ok()
+        .map(|v| Duration::from_micros(v.parse().expect("busy-poll microseconds")))
+}
+
 fn us(ns: u64) -> String {
     format!("{:.1}", ns as f64 / 1000.0)
 }
@@ -173,7 +194,8 @@ fn round_trip(plan: &Plan) {
     .expect("read the topology");
     let others = [Layout::Inline, Layout::Fused, Layout::Parallel]
         .into_iter()
-        .filter(|&l| l != auto);
+        .filter(|&l| l != auto)
+        .filter(|l| layouts_wanted(*l));
     let mut engines: Vec<(Layout, Row)> = std::iter::once(auto)
         .chain(others)
         .map(|layout| {
@@ -201,7 +223,16 @@ fn round_trip(plan: &Plan) {
 
         for (layout, row) in &mut engines {
             let dir = temp(&format!("rt{round}-{layout:?}"));
-            let running = pipeline(&dir, SocketAddr::from(([127, 0, 0, 1], 0)), 0)
+            let mut engine = pipeline(&dir, SocketAddr::from(([127, 0, 0, 1], 0)), 0);
+            if let Some(spin) = busy_poll() {
+                engine = engine
+                    .reactor(ReactorConfig {
+                        busy_poll: Some(spin),
+                        ..ReactorConfig::with_addr(SocketAddr::from(([127, 0, 0, 1], 0)))
+                    })
+                    .max_payload(MAX_PAYLOAD);
+            }
+            let running = engine
                 .wait_strategy(strategy())
                 .layout(*layout)
                 .start(|| Books::new(INSTRUMENTS))

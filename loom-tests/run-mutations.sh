@@ -14,17 +14,19 @@ cd "$(dirname "$0")/.."
 
 # mutation -> the models (test names) that must fail under it
 declare -A MODELS=(
-    [sequence_relaxed]="single_producer_wraps_without_overwriting"
-    [no_gating]="single_producer_wraps_without_overwriting a_side_cell_written_by_one_stage_is_read_by_its_dependent"
+    [sequence_relaxed]="single_producer_wraps_without_overwriting stamped_single_producer_wraps_without_overwriting"
+    [no_gating]="single_producer_wraps_without_overwriting stamped_single_producer_wraps_without_overwriting a_side_cell_written_by_one_stage_is_read_by_its_dependent"
     [skip_availability]="multi_producer_never_reads_unpublished"
-    [batch_per_slot]="batch_publish_is_all_or_nothing"
+    [batch_per_slot]="batch_publish_is_all_or_nothing stamped_backlog_of_batches_is_seen_in_whole_batches"
+    [stamp_in_order]="stamped_batch_publish_is_all_or_nothing stamped_backlog_of_batches_is_seen_in_whole_batches"
+    [stamp_relaxed]="stamped_single_producer_wraps_without_overwriting"
     [barrier_ignores_deps]="gated_stage_never_overtakes_its_dependency a_side_cell_written_by_one_stage_is_read_by_its_dependent"
-    [notifier_no_fence]="blocking_notifier_loses_no_wakeup blocking_ring_loses_no_wakeup"
-    [close_no_recheck]="close_racing_publish_drains_everything last_producer_drop_drains_stage shutdown_racing_publish_drains_and_releases shutdown_racing_last_producer_drop"
+    [notifier_no_fence]="blocking_notifier_loses_no_wakeup blocking_ring_loses_no_wakeup stamped_blocking_ring_loses_no_wakeup"
+    [close_no_recheck]="close_racing_publish_drains_everything stamped_close_racing_publish_drains_everything last_producer_drop_drains_stage shutdown_racing_publish_drains_and_releases shutdown_racing_last_producer_drop"
     [pool_early_release]="each_event_goes_to_exactly_one_worker"
     [halt_ignored]="halt_releases_blocked_producer failure_policy_halt_releases_blocked_producer shutdown_racing_publish_drains_and_releases shutdown_racing_last_producer_drop"
 )
-ORDER=(sequence_relaxed no_gating skip_availability batch_per_slot barrier_ignores_deps
+ORDER=(sequence_relaxed no_gating skip_availability batch_per_slot stamp_in_order stamp_relaxed barrier_ignores_deps
     notifier_no_fence close_no_recheck halt_ignored pool_early_release)
 
 if [ $# -gt 0 ]; then

@@ -18,7 +18,7 @@ use crate::poller::Poller;
 use crate::producer::{Producer, WhenFull};
 use crate::reader::Reader;
 use crate::sequence::Sequence;
-use crate::sequencer::{Multi, Sequencer, Single};
+use crate::sequencer::{Multi, Sequencer, Single, Stamped};
 use crate::stage::{Exclusive, Invoke, Plain, Shared, StageContext};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, CachePadded, Ordering};
 use crate::telemetry::{StageStats, Telemetry};
@@ -41,7 +41,7 @@ type Launch<E, S> = Box<dyn FnOnce(Reader<E, S>, StageContext<E>) + Send>;
 type WorkerLaunch<E, S> =
     Box<dyn FnOnce(Reader<E, S>, Arc<CachePadded<AtomicU64>>, StageContext<E>) + Send>;
 
-enum Kind<E, S> {
+enum Kind<E, S: Sequencer> {
     Thread {
         launch: Launch<E, S>,
         exclusive: bool,
@@ -50,7 +50,7 @@ enum Kind<E, S> {
     Poller,
 }
 
-impl<E, S> Kind<E, S> {
+impl<E, S: Sequencer> Kind<E, S> {
     /// Threads this stage runs.
     fn threads(&self) -> usize {
         match self {
@@ -61,7 +61,7 @@ impl<E, S> Kind<E, S> {
     }
 }
 
-struct Spec<E, S> {
+struct Spec<E, S: Sequencer> {
     name: String,
     deps: Vec<usize>,
     kind: Kind<E, S>,
@@ -71,7 +71,7 @@ struct Spec<E, S> {
     policy: FailurePolicy<E>,
 }
 
-impl<E, S> Spec<E, S> {
+impl<E, S: Sequencer> Spec<E, S> {
     /// Names of the sequences (threads, workers, poller) this stage owns.
     fn member_names(&self) -> Vec<String> {
         match &self.kind {
@@ -99,9 +99,9 @@ pub const DEFAULT_STREAM_BACKOFF: Duration = Duration::from_nanos(500);
 /// drop(producer); // drains both stages and joins their threads
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct RingBuilder<E, S> {
+pub struct RingBuilder<E, S: Sequencer> {
     id: u64,
-    slots: Slots<E>,
+    slots: Slots<E, S::Stamp>,
     wait: WaitStrategy,
     when_full: WhenFull,
     allow_oversubscription: bool,
@@ -118,6 +118,46 @@ pub fn single_producer<E: Send + Sync + 'static>(
     capacity: usize,
     factory: impl FnMut() -> E,
 ) -> Result<RingBuilder<E, Single>, BuildError> {
+    RingBuilder::new(capacity, factory)
+}
+
+/// A single-producer ring tuned for the hand-off of one event at a time: each slot carries
+/// its own publication stamp, in the event's cache line.
+///
+/// A stage (or [`Poller`](crate::Poller)) gated only on the producer and waiting for the
+/// next event waits on that event's slot: when the producer publishes, one cache-line
+/// transfer brings the news and the event together, where a [`single_producer`] ring's
+/// reader learns of the event from the cursor (a line of its own) and only then fetches
+/// the event's line, two transfers in turn. A reader working through a backlog reads the
+/// cursor, as in any ring. Everything else (claims, batches, gating, wait strategies,
+/// failure policies) is the same.
+///
+/// The price is throughput: 8 more bytes per slot (slots are 16-byte aligned, so a `u64`
+/// event takes 16 bytes, not 8) and one more store per publish. Choose it for a
+/// latency-critical hop that carries one event at a time (an order gateway to its matcher),
+/// and [`single_producer`] for bulk streams; `BENCHMARKS.md` has both measured.
+///
+/// ```
+/// use peregrine_ring::{single_producer_stamped, PollState};
+///
+/// let mut b = single_producer_stamped(1024, || 0u64)?;
+/// let id = b.poller("matcher").add()?;
+/// let (mut producer, mut ring) = b.build()?;
+/// let mut poller = ring.take_poller(id).expect("added above");
+/// producer.publish(|e| *e = 42)?;
+/// let mut got = 0;
+/// assert_eq!(poller.poll(|e, _, _| got = *e), PollState::Events(1));
+/// assert_eq!(got, 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// [`BuildError::CapacityNotPowerOfTwo`] unless `capacity` is a power of two.
+pub fn single_producer_stamped<E: Send + Sync + 'static>(
+    capacity: usize,
+    factory: impl FnMut() -> E,
+) -> Result<RingBuilder<E, Stamped>, BuildError> {
     RingBuilder::new(capacity, factory)
 }
 
@@ -566,7 +606,7 @@ fn spawn<E: Send + Sync + 'static, S: Sequencer>(
     Ok(())
 }
 
-impl<E, S> std::fmt::Debug for RingBuilder<E, S> {
+impl<E, S: Sequencer> std::fmt::Debug for RingBuilder<E, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RingBuilder")
             .field("capacity", &self.slots.capacity())
@@ -581,7 +621,7 @@ impl<E, S> std::fmt::Debug for RingBuilder<E, S> {
 }
 
 /// Describes one stage; finish with [`add`](Self::add).
-pub struct StageBuilder<'a, E, S> {
+pub struct StageBuilder<'a, E, S: Sequencer> {
     builder: &'a mut RingBuilder<E, S>,
     name: String,
     kind: Kind<E, S>,
@@ -697,7 +737,7 @@ impl<'a, E: Send + Sync + 'static, S: Sequencer> StageBuilder<'a, E, S> {
     }
 }
 
-impl<E, S> std::fmt::Debug for StageBuilder<'_, E, S> {
+impl<E, S: Sequencer> std::fmt::Debug for StageBuilder<'_, E, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StageBuilder")
             .field("name", &self.name)

@@ -37,8 +37,8 @@ pub(crate) struct StageInfo {
 
 /// Everything shared by one ring.
 #[derive(Debug)]
-pub(crate) struct Core<E, S> {
-    pub(crate) slots: Slots<E>,
+pub(crate) struct Core<E, S: Sequencer> {
+    pub(crate) slots: Slots<E, S::Stamp>,
     pub(crate) sequencer: S,
     /// Sequences of the stages no other stage depends on: producers wait for these.
     pub(crate) gating: Box<[Arc<Sequence>]>,

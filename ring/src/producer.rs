@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::{Core, HALTED};
 use crate::error::{PublishError, TryPublishError};
-use crate::sequencer::{Multi, Sequencer, Single};
+use crate::sequencer::{Multi, Sequencer, Single, Stamped};
 use crate::sync::{mutation, Arc, Ordering};
 use crate::wait::WaitStrategy;
 
@@ -62,6 +62,9 @@ pub struct Producer<E, S: Sequencer> {
 
 /// The producer of a single-producer ring.
 pub type SingleProducer<E> = Producer<E, Single>;
+
+/// The producer of a [`single_producer_stamped`](crate::single_producer_stamped) ring.
+pub type StampedProducer<E> = Producer<E, Stamped>;
 /// A producer of a multi-producer ring.
 pub type MultiProducer<E> = Producer<E, Multi>;
 
@@ -502,7 +505,24 @@ impl<E, S: Sequencer> Drop for Publish<'_, E, S> {
 /// Makes the claimed `lo .. hi` visible to stages and wakes parked ones.
 #[inline(always)]
 fn publish<E, S: Sequencer>(core: &Core<E, S>, local: &mut S::Local, lo: u64, hi: u64) {
-    core.sequencer.publish(local, lo, hi);
+    if S::STAMPED && hi - lo == 1 {
+        // The stamp first: a waiting reader sees the event by it, and the cursor's store
+        // (which may have to take the line back from a reader) comes after.
+        core.slots.stamp_one(lo);
+        core.sequencer.publish(local, lo, hi);
+    } else if S::STAMPED {
+        // A batch: the cursor first, so that a reader that finds the first slot's stamp
+        // finds the batch's end in the cursor.
+        if mutation::STAMP_IN_ORDER {
+            core.slots.stamp_batch(lo);
+            core.sequencer.publish(local, lo, hi);
+        } else {
+            core.sequencer.publish(local, lo, hi);
+            core.slots.stamp_batch(lo);
+        }
+    } else {
+        core.sequencer.publish(local, lo, hi);
+    }
     core.signal();
 }
 

@@ -37,7 +37,7 @@ impl<E, F: FnMut(&E, u64, bool)> Sink<E> for FnSink<F> {
     }
 }
 
-pub(crate) struct Reader<E, S> {
+pub(crate) struct Reader<E, S: Sequencer> {
     pub(crate) core: Arc<Core<E, S>>,
     /// Stages this one is gated on; empty for a first stage (gated on the cursor).
     deps: Box<[Arc<Sequence>]>,
@@ -48,6 +48,8 @@ pub(crate) struct Reader<E, S> {
     /// The end of the run last seen available (acquired by this thread earlier; ends only
     /// grow), so draining a backlog does not rescan it for every batch.
     cached_end: u64,
+    /// The last look at the barrier found events (see `available_now`).
+    behind: bool,
     pub(crate) max_batch: u64,
 }
 
@@ -65,6 +67,7 @@ impl<E, S: Sequencer> Reader<E, S> {
             sequence,
             next,
             cached_end: next,
+            behind: false,
             max_batch,
         }
     }
@@ -75,15 +78,31 @@ impl<E, S: Sequencer> Reader<E, S> {
         if self.next < self.cached_end {
             return self.cached_end;
         }
-        let end = self.available_now();
+        let end = self.available_now(self.behind);
+        self.behind = end > self.next;
         self.cached_end = end;
         end
     }
 
-    /// [`available`](Self::available) without the cache.
+    /// [`available`](Self::available) without the cache. `behind`: the last look found
+    /// events, so this reader is working through a backlog rather than waiting.
     #[inline(always)]
-    fn available_now(&self) -> u64 {
-        if self.deps.is_empty() || mutation::BARRIER_IGNORES_DEPS {
+    fn available_now(&self, behind: bool) -> u64 {
+        if S::STAMPED && self.deps.is_empty() && !behind {
+            // A reader that is waiting looks at the stamp of the next slot: when the event
+            // comes, the one line that brings the news brings the event, and the reader
+            // reads no line of the producer's. Only when a second publish is stamped behind
+            // the first (a backlog) does it read the cursor, which gives all of it at once.
+            // A reader working through a backlog reads the cursor alone (below), one line
+            // for a whole run, and does not chase the producer slot by slot.
+            let (end, more) = self.core.slots.stamped_run(self.next);
+            if more {
+                // Acquire (inside `published`): pairs with the cursor's Release store, which
+                // follows the stamps. The cursor only moves by whole publishes.
+                return end.max(self.core.sequencer.published(self.next));
+            }
+            end
+        } else if self.deps.is_empty() || mutation::BARRIER_IGNORES_DEPS {
             self.core.sequencer.published(self.next)
         } else {
             // Acquire (inside `Sequence::get`): pairs with each upstream stage's Release, so
@@ -104,10 +123,11 @@ impl<E, S: Sequencer> Reader<E, S> {
         self.poll_idle()
     }
 
-    /// [`poll`](Self::poll) without the cache (for waiters, which hold `&self`).
+    /// [`poll`](Self::poll) without the cache (for waiters, which hold `&self` and have
+    /// found nothing yet).
     #[inline]
     fn poll_now(&self) -> Option<Ready> {
-        let end = self.available_now();
+        let end = self.available_now(false);
         if end > self.next {
             return Some(Ready::Events(end));
         }
@@ -124,8 +144,9 @@ impl<E, S: Sequencer> Reader<E, S> {
             if mutation::CLOSE_NO_RECHECK {
                 return Some(Ready::Drained);
             }
-            // Everything published before the close is visible now: look once more.
-            let end = self.available_now();
+            // Everything published before the close is visible now: look once more, by the
+            // cursor, which covers every publish.
+            let end = self.available_now(true);
             if end > self.next {
                 return Some(Ready::Events(end));
             }
@@ -183,7 +204,7 @@ impl<E, S: Sequencer> Reader<E, S> {
     }
 }
 
-impl<E, S> std::fmt::Debug for Reader<E, S> {
+impl<E, S: Sequencer> std::fmt::Debug for Reader<E, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
             .field("next", &self.next)

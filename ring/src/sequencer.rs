@@ -5,6 +5,10 @@
 //! - [`Single`]: one producer, no read-modify-write at all. The producer keeps its next
 //!   sequence and a cached copy of the slowest gating stage in its own memory, refreshing
 //!   the cache only when the ring looks full; publishing is one Release store of the cursor.
+//! - [`Stamped`]: [`Single`], and each slot carries a stamp in its own cache line. A single
+//!   event's slot is stamped (Release) before the cursor moves, a batch's first slot after.
+//!   A waiting stage gated only on the producer finds the next event by its stamp, and a
+//!   batch or a backlog by the cursor.
 //! - [`Multi`]: any number of producers claim with one `fetch_add` on a shared claim
 //!   counter and publish by writing a per-slot availability word. Stages never trust the
 //!   claim counter alone: they scan availability words, so a slot that is claimed but not yet
@@ -14,6 +18,7 @@
 //! when every gating stage has handled `s - capacity`, so it never overwrites a slot a
 //! stage has not finished with.
 
+use crate::buffer::{NoStamp, Stamp, StampCell};
 use crate::sequence::{minimum, Sequence};
 use crate::sync::{fence, mutation, spin_loop, Arc, AtomicU64, CachePadded, Ordering};
 
@@ -26,6 +31,15 @@ pub trait Sequencer: sealed::Sealed + Send + Sync + Sized + 'static {
     /// State each producer keeps in its own memory.
     #[doc(hidden)]
     type Local: Send + std::fmt::Debug;
+
+    /// What each slot carries besides its event.
+    #[doc(hidden)]
+    type Stamp: StampCell;
+
+    /// Whether publishing also stamps the slots (see `Slots::stamp`), so stages gated only
+    /// on the producer find events by the stamps instead of the cursor.
+    #[doc(hidden)]
+    const STAMPED: bool = <Self::Stamp as StampCell>::ENABLED;
 
     #[doc(hidden)]
     fn new(capacity: u64) -> Self;
@@ -120,6 +134,7 @@ impl sealed::Sealed for Single {}
 
 impl Sequencer for Single {
     type Local = SingleLocal;
+    type Stamp = NoStamp;
 
     #[inline(always)]
     fn claim_known(&self, local: &mut SingleLocal, n: u64) -> Option<u64> {
@@ -207,6 +222,63 @@ impl Sequencer for Single {
     }
 }
 
+/// The single-producer sequencer of a stamped ring ([`single_producer_stamped`](crate::single_producer_stamped)):
+/// [`Single`]'s claims and cursor, and slots that carry their own publication stamps.
+#[derive(Debug)]
+pub struct Stamped(Single);
+
+impl sealed::Sealed for Stamped {}
+
+impl Sequencer for Stamped {
+    type Local = SingleLocal;
+    type Stamp = Stamp;
+
+    #[inline(always)]
+    fn claim_known(&self, local: &mut SingleLocal, n: u64) -> Option<u64> {
+        self.0.claim_known(local, n)
+    }
+
+    fn new(capacity: u64) -> Self {
+        Stamped(Single::new(capacity))
+    }
+
+    fn new_local(&self) -> SingleLocal {
+        self.0.new_local()
+    }
+
+    #[inline(always)]
+    fn try_claim(&self, local: &mut SingleLocal, n: u64, gating: &[Arc<Sequence>]) -> Option<u64> {
+        self.0.try_claim(local, n, gating)
+    }
+
+    #[inline(always)]
+    fn claim(
+        &self,
+        local: &mut SingleLocal,
+        n: u64,
+        gating: &[Arc<Sequence>],
+        wait: impl FnMut(u64) -> bool,
+    ) -> Option<u64> {
+        self.0.claim(local, n, gating, wait)
+    }
+
+    /// The cursor's store; the producer has stamped the slots just before.
+    #[inline(always)]
+    fn publish(&self, local: &mut SingleLocal, lo: u64, hi: u64) {
+        self.0.publish(local, lo, hi);
+    }
+
+    #[inline(always)]
+    fn published(&self, next: u64) -> u64 {
+        self.0.published(next)
+    }
+
+    #[inline(always)]
+    fn claimed(&self) -> u64 {
+        self.0.claimed()
+    }
+}
+
 /// The multi-producer sequencer: claim by `fetch_add`, publish per slot.
 #[derive(Debug)]
 pub struct Multi {
@@ -230,6 +302,7 @@ impl sealed::Sealed for Multi {}
 
 impl Sequencer for Multi {
     type Local = MultiLocal;
+    type Stamp = NoStamp;
 
     fn new(capacity: u64) -> Self {
         Self {

@@ -7,7 +7,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::buffer::Slots;
+use crate::buffer::{Slots, StampCell};
 use crate::core::{lock, Core};
 use crate::failure::{Action, Attempts, Failure, FailurePolicy, Site};
 use crate::handler::{BoxError, EventHandler, ExclusiveHandler, TryEventHandler};
@@ -28,9 +28,9 @@ pub(crate) trait Invoke<E>: Send + 'static {
     ///
     /// `sequence` is published and not yet passed by this stage, and, for an exclusive
     /// handler, no other stage can read the slot now (the builder's exclusivity check).
-    unsafe fn event(
+    unsafe fn event<T: StampCell>(
         &mut self,
-        slots: &Slots<E>,
+        slots: &Slots<E, T>,
         sequence: u64,
         end_of_batch: bool,
     ) -> Result<(), BoxError>;
@@ -61,7 +61,12 @@ pub(crate) struct Plain<H>(pub(crate) H);
 impl<E, H: EventHandler<E>> Invoke<E> for Plain<H> {
     forward_hooks!();
     #[inline(always)]
-    unsafe fn event(&mut self, slots: &Slots<E>, s: u64, eob: bool) -> Result<(), BoxError> {
+    unsafe fn event<T: StampCell>(
+        &mut self,
+        slots: &Slots<E, T>,
+        s: u64,
+        eob: bool,
+    ) -> Result<(), BoxError> {
         // SAFETY: the caller guarantees `s` is published and still held by this stage.
         unsafe { slots.read(s, |e| self.0.on_event(e, s, eob)) };
         Ok(())
@@ -74,7 +79,12 @@ pub(crate) struct Shared<H>(pub(crate) H);
 impl<E, H: TryEventHandler<E>> Invoke<E> for Shared<H> {
     forward_hooks!();
     #[inline(always)]
-    unsafe fn event(&mut self, slots: &Slots<E>, s: u64, eob: bool) -> Result<(), BoxError> {
+    unsafe fn event<T: StampCell>(
+        &mut self,
+        slots: &Slots<E, T>,
+        s: u64,
+        eob: bool,
+    ) -> Result<(), BoxError> {
         // SAFETY: the caller guarantees `s` is published and still held by this stage.
         unsafe { slots.read(s, |e| self.0.on_event(e, s, eob).map_err(Into::into)) }
     }
@@ -86,7 +96,12 @@ pub(crate) struct Exclusive<H>(pub(crate) H);
 impl<E, H: ExclusiveHandler<E>> Invoke<E> for Exclusive<H> {
     forward_hooks!();
     #[inline(always)]
-    unsafe fn event(&mut self, slots: &Slots<E>, s: u64, eob: bool) -> Result<(), BoxError> {
+    unsafe fn event<T: StampCell>(
+        &mut self,
+        slots: &Slots<E, T>,
+        s: u64,
+        eob: bool,
+    ) -> Result<(), BoxError> {
         // SAFETY: the caller guarantees `s` is published, held by this stage, and that no
         // other stage reads it now: the builder only accepts an exclusive stage when every
         // other stage is upstream of it (done with the slot, acquired through our barrier)

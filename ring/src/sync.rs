@@ -206,6 +206,11 @@ pub(crate) mod mutation {
     pub(crate) const SKIP_AVAILABILITY: bool = cfg!(peregrine_mutation = "skip_availability");
     /// The single-producer cursor advances slot by slot inside a batch publish.
     pub(crate) const BATCH_PER_SLOT: bool = cfg!(peregrine_mutation = "batch_per_slot");
+    /// A stamped batch's first slot is stamped before the cursor moves past the batch, so a
+    /// reader that finds the stamp can read a cursor that stops short of the batch's end.
+    pub(crate) const STAMP_IN_ORDER: bool = cfg!(peregrine_mutation = "stamp_in_order");
+    /// Slot stamps are stored Relaxed, publishing the stamp without the event.
+    pub(crate) const STAMP_RELAXED: bool = cfg!(peregrine_mutation = "stamp_relaxed");
     /// Gated stages read behind the producer cursor instead of their dependencies.
     pub(crate) const BARRIER_IGNORES_DEPS: bool = cfg!(peregrine_mutation = "barrier_ignores_deps");
     /// `Notifier::signal` and `Notifier::wait` drop their SeqCst fences.

@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use peregrine::journal::{Appender, Config, Reader};
 use peregrine::pipeline::{Layout, Pipeline};
+use peregrine::reactor::Config as ReactorConfig;
 use peregrine::ring::WaitStrategy;
 use peregrine_benches::quick;
 use peregrine_examples::book::{market_commands, random_commands, Command, COMMAND_LEN};
-use peregrine::reactor::Config as ReactorConfig;
 use peregrine_examples::engine::{load, pipeline, Books, Load, MAX_PAYLOAD};
 
 const INSTRUMENTS: u32 = 8;

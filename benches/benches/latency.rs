@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use peregrine_benches::link::{
-    ArrayQueue, Channel, Disruptor, Floor, Link, Peregrine, Rtrb, StdMpsc,
+    ArrayQueue, Channel, Disruptor, Floor, Link, Peregrine, PeregrineStamped, Rtrb, StdMpsc,
 };
 use peregrine_benches::{cores, emit, pin, quick};
 
@@ -213,9 +213,10 @@ fn header(title: &str) {
 /// whichever happened to run during the slow spell.
 fn scenario(name: &str, title: &str, plan: &Plan, f: Runner) {
     header(title);
-    let channels: [(&str, Measure); 7] = [
+    let channels: [(&str, Measure); 8] = [
         (Floor::NAME, f.floor),
         (Peregrine::NAME, f.peregrine),
+        (PeregrineStamped::NAME, f.peregrine_stamped),
         (Disruptor::NAME, f.disruptor),
         (Rtrb::NAME, f.rtrb),
         (ArrayQueue::NAME, f.array_queue),
@@ -248,6 +249,7 @@ type Measure = fn(&Plan) -> Histogram<u64>;
 struct Runner {
     floor: Measure,
     peregrine: Measure,
+    peregrine_stamped: Measure,
     disruptor: Measure,
     rtrb: Measure,
     array_queue: Measure,
@@ -260,6 +262,7 @@ macro_rules! runner {
         Runner {
             floor: $f::<Floor>,
             peregrine: $f::<Peregrine>,
+            peregrine_stamped: $f::<PeregrineStamped>,
             disruptor: $f::<Disruptor>,
             rtrb: $f::<Rtrb>,
             array_queue: $f::<ArrayQueue>,

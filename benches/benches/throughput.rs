@@ -28,7 +28,8 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 use peregrine_benches::link::{ArrayQueue, Channel, Rtrb, StdMpsc};
 use peregrine_benches::topology::{
-    DisruptorRing, Peer, PeregrineRing, Plan, Queued, Sender, Sinks, Topology, Visit, Wait,
+    DisruptorRing, Peer, PeregrineRing, PeregrineStampedRing, Plan, Queued, Sender, Sinks,
+    Topology, Visit, Wait,
 };
 use peregrine_benches::{cores, emit, pin, quick};
 
@@ -239,6 +240,7 @@ fn main() {
         println!("{name}: {note}");
         emit(&["throughput-note", &name, &note]);
         scenario.run::<PeregrineRing>();
+        scenario.run::<PeregrineStampedRing>();
         scenario.run::<DisruptorRing>();
         scenario.run::<Queued<Rtrb>>();
         scenario.run::<Queued<ArrayQueue>>();

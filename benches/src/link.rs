@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 use disruptor::{BusySpin, EventPoller, SingleConsumerBarrier, SingleProducerBarrier};
-use peregrine_ring::{PollState, Poller, Single, SingleProducer, WaitStrategy};
+use peregrine_ring::{
+    PollState, Poller, Single, SingleProducer, Stamped, StampedProducer, WaitStrategy,
+};
 
 /// A one-way channel between two threads with non-blocking ends.
 pub trait Link: 'static {
@@ -72,6 +74,54 @@ impl Link for Peregrine {
 
     fn link(capacity: usize) -> (Self::Tx, Self::Rx) {
         let mut b = peregrine_ring::single_producer(capacity, || 0u64)
+            .expect("power-of-two capacity")
+            .wait_strategy(WaitStrategy::busy_spin());
+        let id = b.poller("rx").add().expect("one poller");
+        let (producer, mut ring) = b.build().expect("a ring with one poller builds");
+        let poller = ring.take_poller(id).expect("added above");
+        (producer, poller)
+    }
+
+    #[inline]
+    fn try_send(tx: &mut Self::Tx, value: u64) -> bool {
+        tx.try_publish(|e| *e = value).is_ok()
+    }
+
+    #[inline]
+    fn try_recv(rx: &mut Self::Rx) -> Option<u64> {
+        let mut out = None;
+        rx.poll_one(|e, _, _| out = Some(*e));
+        out
+    }
+
+    #[inline]
+    fn drain(rx: &mut Self::Rx, mut f: impl FnMut(u64)) -> u64 {
+        match rx.poll(|e, _, _| f(*e)) {
+            PollState::Events(n) => n,
+            _ => 0,
+        }
+    }
+
+    #[inline]
+    fn try_send_batch(tx: &mut Self::Tx, first: u64, n: usize) -> bool {
+        tx.try_publish_batch(n, |e, s| *e = first.wrapping_add(s))
+            .is_ok()
+    }
+}
+
+/// peregrine's stamped single-producer ring (`single_producer_stamped`), a [`Poller`] as
+/// the receiving end: the ring built for one-event hand-offs.
+#[derive(Debug)]
+pub struct PeregrineStamped;
+
+impl Link for PeregrineStamped {
+    const NAME: &'static str = "peregrine-stamped";
+    const BATCH: bool = true;
+    type Tx = StampedProducer<u64>;
+    type Rx = Poller<u64, Stamped>;
+
+    fn link(capacity: usize) -> (Self::Tx, Self::Rx) {
+        let mut b = peregrine_ring::single_producer_stamped(capacity, || 0u64)
             .expect("power-of-two capacity")
             .wait_strategy(WaitStrategy::busy_spin());
         let id = b.poller("rx").add().expect("one poller");

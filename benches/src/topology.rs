@@ -338,6 +338,32 @@ impl Peer for PeregrineRing {
     }
 }
 
+/// peregrine's stamped single-producer ring (`single_producer_stamped`) with stage threads:
+/// the ring built for latency, measured for its throughput cost.
+#[derive(Debug)]
+pub struct PeregrineStampedRing;
+
+impl Peer for PeregrineStampedRing {
+    const NAME: &'static str = "peregrine-stamped";
+
+    fn supports(topology: Topology, _batch: bool) -> Result<(), &'static str> {
+        if topology.producers() == 1 {
+            Ok(())
+        } else {
+            Err("single producer only")
+        }
+    }
+
+    fn run<V: Visit>(t: Topology, plan: &Plan, visit: V) {
+        let sinks = Arc::new(Sinks::new(t.sinks()));
+        let b = peregrine_ring::single_producer_stamped(plan.capacity, || 0u64).expect("capacity");
+        let mut b = PeregrineRing::configure(b, plan);
+        PeregrineRing::stages(&mut b, t, plan, &sinks);
+        let (p, _ring) = b.build().expect("ring builds");
+        visit.visit(vec![RingTx(p)], &sinks);
+    }
+}
+
 /// The `disruptor` crate with its processor threads.
 #[derive(Debug)]
 pub struct DisruptorRing;

@@ -5,7 +5,8 @@
 //! and every caller states in a `// SAFETY:` comment which part of the protocol it relies on.
 //!
 //! In a [`Stamped`](crate::Stamped) ring each slot carries a *stamp* next to its event, in
-//! the same cache line: the producer stamps the slots it publishes (see [`Slots::stamp`]),
+//! the same cache line: the producer stamps the slots it publishes (see
+//! [`Slots::stamp_one`] and [`Slots::stamp_batch`]),
 //! and a waiting stage gated only on the producer finds the next event by its stamp
 //! ([`Slots::stamped_run`]) instead of the producer's cursor. When the event comes, one
 //! cache-line transfer brings both the news and the event, where a cursor (a line of its
@@ -83,8 +84,10 @@ pub struct Stamp;
 
 /// A stamped slot. `stamp` is `s + 1` once the producer has published a single event or a
 /// batch starting at sequence `s` (with [`CONTINUES`] for a batch), `0` before the first
-/// lap; it only moves forward. 16-byte aligned, so that the stamp and the
-/// start of the event always share a cache line (a 16-byte slot never straddles one).
+/// lap; it only moves forward. 16-byte aligned, so that for an event aligned to 8 bytes or
+/// less the stamp and the start of the event always share a cache line (a 16-byte chunk
+/// never straddles one). An event with a larger alignment starts at offset 16 or more and
+/// may begin on the next line.
 #[doc(hidden)]
 #[repr(C, align(16))]
 pub struct StampedSlot<E> {
@@ -176,8 +179,9 @@ impl<E, T: StampCell> Slots<E, T> {
     /// In a stamped ring, stamps the first slot of a published batch starting at `lo`, with
     /// [`CONTINUES`], after the cursor has moved past the whole batch: a reader that finds
     /// the stamp reads the cursor for the batch's end and sees all of it. The other slots of
-    /// the batch keep older laps' stamps: readers only ever look at the stamp of a publish's
-    /// first slot.
+    /// the batch keep older laps' stamps: readers that go by stamps only ever look at the
+    /// stamp of a publish's first slot (pool workers, which may start inside a batch, go by
+    /// the cursor).
     #[inline(always)]
     pub(crate) fn stamp_batch(&self, lo: u64) {
         let order = if mutation::STAMP_RELAXED {
@@ -204,7 +208,8 @@ impl<E, T: StampCell> Slots<E, T> {
     /// the slot of `s` in `next .. next + capacity` holds `s + 1` only once a publish
     /// starting at `s` has happened. The caller never looks at the slot of a batch's later
     /// event: its `next` is always where a publish starts (a reader that stopped inside a
-    /// run resumes from its cached end of the run without looking).
+    /// run resumes from its cached end of the run without looking, and pool workers do not
+    /// go by stamps).
     #[inline(always)]
     pub(crate) fn stamped_run(&self, next: u64) -> (u64, bool) {
         // Acquire: pairs with the Release stores in `stamp_one` and `stamp_batch`, so the
@@ -273,6 +278,13 @@ impl<E, T: StampCell> Slots<E, T> {
         let _ = sequence;
     }
 
+    /// Runs `f` on the event at `sequence`.
+    ///
+    /// # Safety
+    ///
+    /// No thread may hold mutable access to this slot for the duration of `f`: the caller
+    /// has acquired a published sequence `> sequence` and the slot cannot be reclaimed until
+    /// the caller's own sequence passes it.
     #[inline(always)]
     pub(crate) unsafe fn read<R>(&self, sequence: u64, f: impl FnOnce(&E) -> R) -> R {
         // SAFETY: exclusivity is the caller's contract; the pointer is valid and aligned

@@ -132,8 +132,9 @@ pub fn single_producer<E: Send + Sync + 'static>(
 /// cursor, as in any ring. Everything else (claims, batches, gating, wait strategies,
 /// failure policies) is the same.
 ///
-/// The price is throughput: 8 more bytes per slot (slots are 16-byte aligned, so a `u64`
-/// event takes 16 bytes, not 8) and one more store per publish. Choose it for a
+/// The price is throughput: a stamp of 8 bytes in every slot, and slots 16-byte aligned (a
+/// `u64` event takes 16 bytes, not 8; a 64-byte event 80), and one more store per publish.
+/// The stamp shares a line with the start of events aligned to 8 bytes or less. Choose it for a
 /// latency-critical hop that carries one event at a time (an order gateway to its matcher),
 /// and [`single_producer`] for bulk streams; `BENCHMARKS.md` has both measured.
 ///

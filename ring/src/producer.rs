@@ -51,8 +51,8 @@ impl WhenFull {
 
 /// Publishes events into a ring.
 ///
-/// A single-producer ring ([`Single`]) has exactly one; a multi-producer ring's
-/// ([`Multi`]) can be cloned, one per publishing thread. Dropping the last producer closes
+/// A single-producer ring ([`Single`], or [`Stamped`]) has exactly one; a multi-producer
+/// ring's ([`Multi`]) can be cloned, one per publishing thread. Dropping the last producer closes
 /// the ring: stages handle everything already published, then stop, and the drop joins
 /// their threads.
 pub struct Producer<E, S: Sequencer> {
@@ -455,7 +455,9 @@ impl<E, S: Sequencer> std::fmt::Debug for Producer<E, S> {
 ///
 /// Forgetting a claim (`mem::forget`) never publishes it: in a multi-producer ring stages
 /// wait on that gap forever; in a single-producer ring the next publish moves the cursor
-/// past it (a debug assertion flags it). Neither is undefined behaviour.
+/// past it (a debug assertion flags it), though in a stamped ring a stage waiting at the
+/// forgotten slot looks at its stamp, which never comes, and sees the later events only
+/// once it reads the cursor (when the ring closes). None of this is undefined behaviour.
 pub struct Claim<'a, E, S: Sequencer> {
     producer: &'a mut Producer<E, S>,
     sequence: u64,

@@ -50,6 +50,10 @@ pub(crate) struct Reader<E, S: Sequencer> {
     cached_end: u64,
     /// The last look at the barrier found events (see `available_now`).
     behind: bool,
+    /// Whether a waiting look may go by the slots' stamps: a stamped ring, a reader gated
+    /// only on the producer, and one whose `next` is always where a publish starts (not a
+    /// pool worker, which jumps to whichever sequence it takes).
+    stamps: bool,
     pub(crate) max_batch: u64,
 }
 
@@ -61,6 +65,7 @@ impl<E, S: Sequencer> Reader<E, S> {
         max_batch: u64,
     ) -> Self {
         let next = sequence.get();
+        let deps_empty = deps.is_empty();
         Self {
             core,
             deps,
@@ -68,6 +73,7 @@ impl<E, S: Sequencer> Reader<E, S> {
             next,
             cached_end: next,
             behind: false,
+            stamps: S::STAMPED && deps_empty,
             max_batch,
         }
     }
@@ -88,17 +94,19 @@ impl<E, S: Sequencer> Reader<E, S> {
     /// events, so this reader is working through a backlog rather than waiting.
     #[inline(always)]
     fn available_now(&self, behind: bool) -> u64 {
-        if S::STAMPED && self.deps.is_empty() && !behind {
+        if self.stamps && !behind {
             // A reader that is waiting looks at the stamp of the next slot: when the event
             // comes, the one line that brings the news brings the event, and the reader
-            // reads no line of the producer's. Only when a second publish is stamped behind
-            // the first (a backlog) does it read the cursor, which gives all of it at once.
-            // A reader working through a backlog reads the cursor alone (below), one line
-            // for a whole run, and does not chase the producer slot by slot.
+            // reads no line of the producer's. Only for a batch, or when a second publish is
+            // stamped behind a single event (a backlog), does it read the cursor, which
+            // gives all of it at once. A reader working through a backlog reads the cursor
+            // alone (below), one line for a whole run, and does not chase the producer slot
+            // by slot.
             let (end, more) = self.core.slots.stamped_run(self.next);
             if more {
                 // Acquire (inside `published`): pairs with the cursor's Release store, which
-                // follows the stamps. The cursor only moves by whole publishes.
+                // precedes a batch's stamp and follows a single event's. The cursor only
+                // moves by whole publishes.
                 return end.max(self.core.sequencer.published(self.next));
             }
             end
@@ -168,6 +176,7 @@ impl<E, S: Sequencer> Reader<E, S> {
         let ready = core.wait.wait(&core.notifier, deadline, || self.poll_now());
         if let Ok(Ready::Events(end)) = ready {
             self.cached_end = end;
+            self.behind = true;
         }
         ready
     }
@@ -191,6 +200,13 @@ impl<E, S: Sequencer> Reader<E, S> {
         }
         self.commit(stop);
         stop - start
+    }
+
+    /// Looks for events by the producer's cursor only, never by slot stamps: for a pool
+    /// worker, whose `next` is whichever sequence it took, possibly inside a batch, whose
+    /// later slots carry no stamp of this lap.
+    pub(crate) fn read_by_cursor(&mut self) {
+        self.stamps = false;
     }
 
     /// Marks everything before `stop` handled and wakes whoever may be parked on it.

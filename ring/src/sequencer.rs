@@ -5,7 +5,7 @@
 //! - [`Single`]: one producer, no read-modify-write at all. The producer keeps its next
 //!   sequence and a cached copy of the slowest gating stage in its own memory, refreshing
 //!   the cache only when the ring looks full; publishing is one Release store of the cursor.
-//! - [`Stamped`]: [`Single`], and each slot carries a stamp in its own cache line. A single
+//! - [`Stamped`]: [`Single`], and each slot carries a stamp in the event's cache line. A single
 //!   event's slot is stamped (Release) before the cursor moves, a batch's first slot after.
 //!   A waiting stage gated only on the producer finds the next event by its stamp, and a
 //!   batch or a backlog by the cursor.
@@ -26,7 +26,7 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// The claim/publish protocol of a ring: [`Single`] or [`Multi`]. Sealed.
+/// The claim/publish protocol of a ring: [`Single`], [`Stamped`] or [`Multi`]. Sealed.
 pub trait Sequencer: sealed::Sealed + Send + Sync + Sized + 'static {
     /// State each producer keeps in its own memory.
     #[doc(hidden)]
@@ -36,8 +36,9 @@ pub trait Sequencer: sealed::Sealed + Send + Sync + Sized + 'static {
     #[doc(hidden)]
     type Stamp: StampCell;
 
-    /// Whether publishing also stamps the slots (see `Slots::stamp`), so stages gated only
-    /// on the producer find events by the stamps instead of the cursor.
+    /// Whether publishing also stamps the slots (see `Slots::stamp_one` and
+    /// `Slots::stamp_batch`), so waiting stages gated only on the producer find events by
+    /// the stamps instead of the cursor.
     #[doc(hidden)]
     const STAMPED: bool = <Self::Stamp as StampCell>::ENABLED;
 
@@ -262,7 +263,8 @@ impl Sequencer for Stamped {
         self.0.claim(local, n, gating, wait)
     }
 
-    /// The cursor's store; the producer has stamped the slots just before.
+    /// The cursor's store: after a single event's stamp, before a batch's (the producer's
+    /// publish stores both).
     #[inline(always)]
     fn publish(&self, local: &mut SingleLocal, lo: u64, hi: u64) {
         self.0.publish(local, lo, hi);

@@ -363,6 +363,8 @@ pub(crate) fn run_worker<E: 'static, S: Sequencer, I: Invoke<E>>(
     ctx: StageContext<E>,
 ) {
     invoke.start();
+    // A worker resumes at whichever sequence it takes, so stamps cannot tell it anything.
+    reader.read_by_cursor();
     let mut attempts = Attempts::new(reader.next ^ 0x2545_F491_4F6C_DD1D);
     loop {
         let taken = loop {

@@ -4,8 +4,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use peregrine_ring::{single_producer_stamped, PollState, WaitStrategy};
+use peregrine_ring::{single_producer_stamped, PollState, WaitStrategy, WhenFull};
 
 /// Records `(sequence, value, end_of_batch)` of every event a stage sees.
 type Log = Arc<Mutex<Vec<(u64, u64, bool)>>>;
@@ -158,4 +159,36 @@ fn stages_in_a_pipeline_and_side_by_side_see_every_event() {
     assert_eq!(c_seen.load(Ordering::Relaxed), published);
     assert_eq!(a_done.load(Ordering::Relaxed), published);
     assert_eq!(b_done.load(Ordering::Relaxed), published);
+}
+
+#[test]
+fn a_pool_of_workers_takes_every_event_of_batches() {
+    // Workers take whichever sequence comes next, often one inside a batch, whose slot
+    // carries no stamp of this lap: they must look at the cursor, or a worker waits there
+    // for good and the full ring stops the producer (which then times out here).
+    let seen = Arc::new(Mutex::new(vec![0u8; 40_000]));
+    let mut b = single_producer_stamped(8, || 0u64)
+        .unwrap()
+        .wait_strategy(WaitStrategy::blocking())
+        .when_full(WhenFull::WaitUpTo(Duration::from_secs(20)));
+    let s = Arc::clone(&seen);
+    b.pool("workers", 2, move |_| {
+        let s = Arc::clone(&s);
+        move |e: &u64, seq: u64, _: bool| {
+            assert_eq!(*e, seq * 3);
+            s.lock().unwrap()[seq as usize] += 1;
+        }
+    })
+    .add()
+    .unwrap();
+    let (mut p, _ring) = b.build().unwrap();
+    for _ in 0..20_000 {
+        p.publish_batch(2, |e, seq| *e = seq * 3)
+            .expect("the workers keep up: no worker waits on a stamp inside a batch");
+    }
+    drop(p);
+    assert!(
+        seen.lock().unwrap().iter().all(|&n| n == 1),
+        "each event exactly once"
+    );
 }

@@ -512,9 +512,10 @@ fn publish<E, S: Sequencer>(core: &Core<E, S>, local: &mut S::Local, lo: u64, hi
         // (which may have to take the line back from a reader) comes after.
         core.slots.stamp_one(lo);
         core.sequencer.publish(local, lo, hi);
-    } else if S::STAMPED {
+    } else if S::STAMPED && hi > lo {
         // A batch: the cursor first, so that a reader that finds the first slot's stamp
-        // finds the batch's end in the cursor.
+        // finds the batch's end in the cursor. (Claims are never empty; an empty range
+        // must not stamp a slot it did not publish.)
         if mutation::STAMP_IN_ORDER {
             core.slots.stamp_batch(lo);
             core.sequencer.publish(local, lo, hi);

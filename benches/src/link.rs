@@ -4,14 +4,16 @@
 //! Waiting is the caller's business (a spin or a yield between tries), so every peer waits
 //! the same way and the comparison measures the channel, not its parking policy.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 use disruptor::{BusySpin, EventPoller, SingleConsumerBarrier, SingleProducerBarrier};
+
 use peregrine_ring::{
-    PollState, Poller, Single, SingleProducer, Stamped, StampedProducer, WaitStrategy,
+    PollState, Poller, Producer, RingBuilder, Sequencer, Single, Stamped, WaitStrategy,
 };
 
 /// A one-way channel between two threads with non-blocking ends.
@@ -62,68 +64,48 @@ pub trait Link: 'static {
     }
 }
 
-/// peregrine: a single-producer ring with a [`Poller`] as the receiving end.
+/// peregrine: a single-producer ring with a [`Poller`] as the receiving end, the classic
+/// ring ([`Peregrine`]) or the stamped one built for one-event hand-offs
+/// ([`PeregrineStamped`]).
 #[derive(Debug)]
-pub struct Peregrine;
+pub struct PeregrineLink<S>(PhantomData<S>);
 
-impl Link for Peregrine {
+/// peregrine's classic single-producer ring (`single_producer`).
+pub type Peregrine = PeregrineLink<Single>;
+
+/// peregrine's stamped single-producer ring (`single_producer_stamped`).
+pub type PeregrineStamped = PeregrineLink<Stamped>;
+
+/// A kind of single-producer ring: its name in the tables and how to build one.
+pub trait SingleRing: Sequencer {
+    /// The name printed in tables and result lines.
+    const NAME: &'static str;
+    /// A ring of `u64` with `capacity` slots.
+    fn builder(capacity: usize) -> RingBuilder<u64, Self>;
+}
+
+impl SingleRing for Single {
     const NAME: &'static str = "peregrine";
-    const BATCH: bool = true;
-    type Tx = SingleProducer<u64>;
-    type Rx = Poller<u64, Single>;
-
-    fn link(capacity: usize) -> (Self::Tx, Self::Rx) {
-        let mut b = peregrine_ring::single_producer(capacity, || 0u64)
-            .expect("power-of-two capacity")
-            .wait_strategy(WaitStrategy::busy_spin());
-        let id = b.poller("rx").add().expect("one poller");
-        let (producer, mut ring) = b.build().expect("a ring with one poller builds");
-        let poller = ring.take_poller(id).expect("added above");
-        (producer, poller)
-    }
-
-    #[inline]
-    fn try_send(tx: &mut Self::Tx, value: u64) -> bool {
-        tx.try_publish(|e| *e = value).is_ok()
-    }
-
-    #[inline]
-    fn try_recv(rx: &mut Self::Rx) -> Option<u64> {
-        let mut out = None;
-        rx.poll_one(|e, _, _| out = Some(*e));
-        out
-    }
-
-    #[inline]
-    fn drain(rx: &mut Self::Rx, mut f: impl FnMut(u64)) -> u64 {
-        match rx.poll(|e, _, _| f(*e)) {
-            PollState::Events(n) => n,
-            _ => 0,
-        }
-    }
-
-    #[inline]
-    fn try_send_batch(tx: &mut Self::Tx, first: u64, n: usize) -> bool {
-        tx.try_publish_batch(n, |e, s| *e = first.wrapping_add(s))
-            .is_ok()
+    fn builder(capacity: usize) -> RingBuilder<u64, Self> {
+        peregrine_ring::single_producer(capacity, || 0u64).expect("power-of-two capacity")
     }
 }
 
-/// peregrine's stamped single-producer ring (`single_producer_stamped`), a [`Poller`] as
-/// the receiving end: the ring built for one-event hand-offs.
-#[derive(Debug)]
-pub struct PeregrineStamped;
-
-impl Link for PeregrineStamped {
+impl SingleRing for Stamped {
     const NAME: &'static str = "peregrine-stamped";
+    fn builder(capacity: usize) -> RingBuilder<u64, Self> {
+        peregrine_ring::single_producer_stamped(capacity, || 0u64).expect("power-of-two capacity")
+    }
+}
+
+impl<S: SingleRing> Link for PeregrineLink<S> {
+    const NAME: &'static str = S::NAME;
     const BATCH: bool = true;
-    type Tx = StampedProducer<u64>;
-    type Rx = Poller<u64, Stamped>;
+    type Tx = Producer<u64, S>;
+    type Rx = Poller<u64, S>;
 
     fn link(capacity: usize) -> (Self::Tx, Self::Rx) {
-        let mut b = peregrine_ring::single_producer_stamped(capacity, || 0u64)
-            .expect("power-of-two capacity")
-            .wait_strategy(WaitStrategy::busy_spin());
+        let mut b = S::builder(capacity).wait_strategy(WaitStrategy::busy_spin());
         let id = b.poller("rx").add().expect("one poller");
         let (producer, mut ring) = b.build().expect("a ring with one poller builds");
         let poller = ring.take_poller(id).expect("added above");

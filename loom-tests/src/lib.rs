@@ -2,8 +2,9 @@
 //!
 //! Everything here is built only with `RUSTFLAGS="--cfg loom -C debug-assertions"`; without
 //! `--cfg loom` the package is empty, so `cargo test --workspace` does not pay for it. The
-//! models live in `tests/models.rs`; this library holds what they share: how a model is
-//! bounded, and a consumer loop that lets loom schedule the producers.
+//! models live in `tests/models.rs` and `tests/stamped.rs`; this library holds what they
+//! share: how a model is bounded, a consumer loop that lets loom schedule the producers,
+//! and the scenarios run against both kinds of single-producer ring.
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom -C debug-assertions" CARGO_TARGET_DIR=target/loom \
@@ -28,6 +29,125 @@ compile_error!(
 
 #[cfg(loom)]
 pub use model::{check, consume, drain, Hold};
+
+/// Scenarios that run against more than one kind of single-producer ring (the classic one
+/// and the stamped one): each model names its ring by a constructor.
+#[cfg(loom)]
+pub mod scenarios {
+    use loom::thread;
+    use peregrine_ring::{PollState, RingBuilder, Sequencer, WaitStrategy};
+
+    use crate::{check, drain, Hold};
+
+    /// Builds a ring of `u64` with the given capacity.
+    pub type Make<S> = fn(usize) -> RingBuilder<u64, S>;
+
+    /// The value a producer writes for sequence `s`: never the slots' initial `0`, so a
+    /// consumer that reads a slot nobody wrote yet (or one already overwritten) notices.
+    pub fn value(s: u64) -> u64 {
+        1000 + s
+    }
+
+    /// Two slots, three events published one by one: the producer wraps and must wait for
+    /// the consumer. The consumer must see exactly the events published, in order, each
+    /// with its own sequence (loom checks that every slot read follows its write).
+    pub fn wraps_without_overwriting<S: Sequencer>(make: Make<S>) {
+        check(3, move || {
+            let mut b = make(2).wait_strategy(WaitStrategy::busy_spin());
+            let id = b.poller("consumer").add().unwrap();
+            let (mut producer, mut ring) = b.build().unwrap();
+            let mut poller = ring.take_poller(id).unwrap();
+            let t = thread::spawn(move || {
+                for s in 0..3 {
+                    assert_eq!(producer.publish(|e| *e = value(s)).unwrap(), s);
+                }
+            });
+            let seen = drain(&mut poller, |_| {});
+            t.join().unwrap();
+            let expected: Vec<_> = (0..3).map(|s| (s, value(s))).collect();
+            assert_eq!(seen, expected);
+        });
+    }
+
+    /// Two batches of `batch` events through a ring of `capacity` slots: every poll that
+    /// finds events must find whole batches, each event as written.
+    pub fn batches_are_all_or_nothing<S: Sequencer>(make: Make<S>, capacity: usize, batch: u64) {
+        check(3, move || {
+            let mut b = make(capacity).wait_strategy(WaitStrategy::busy_spin());
+            let id = b.poller("consumer").add().unwrap();
+            let (mut producer, mut ring) = b.build().unwrap();
+            let mut poller = ring.take_poller(id).unwrap();
+            let t = thread::spawn(move || {
+                for k in 0..2 {
+                    let range = producer
+                        .publish_batch(batch as usize, |e, s| *e = value(s))
+                        .unwrap();
+                    assert_eq!(range, k * batch..(k + 1) * batch);
+                }
+            });
+            let seen = drain(&mut poller, |n| {
+                assert_eq!(n % batch, 0, "saw {n} events: part of a batch was visible");
+            });
+            t.join().unwrap();
+            let expected: Vec<_> = (0..2 * batch).map(|s| (s, value(s))).collect();
+            assert_eq!(seen, expected);
+        });
+    }
+
+    /// The blocking strategy through a whole ring: two slots, three events, a consumer that
+    /// parks in `poll_wait` while the ring is empty and a producer that parks while it is
+    /// full. The producer is kept alive until the consumer is done, so the close cannot
+    /// hide a lost wake-up: neither side may park for ever (loom reports a deadlock), and
+    /// the consumer handles the three events in order, then sees the ring drained.
+    pub fn blocking_ring_loses_no_wakeup<S: Sequencer>(make: Make<S>) {
+        check(3, move || {
+            let mut b = make(2).wait_strategy(WaitStrategy::blocking());
+            let id = b.poller("consumer").add().unwrap();
+            let (producer, ring) = b.build().unwrap();
+            let (mut producer, mut ring) = (Hold::new(producer), Hold::new(ring));
+            let mut poller = Hold::new(ring.take_poller(id).unwrap());
+            let t = thread::spawn(move || {
+                for s in 0..3 {
+                    producer.publish(|e| *e = value(s)).unwrap();
+                }
+                producer // dropped only after the consumer has everything
+            });
+            let mut seen = Vec::new();
+            while seen.len() < 3 {
+                match poller.poll_wait(|e, s, _| seen.push((s, *e))) {
+                    PollState::Events(n) => assert!(n > 0),
+                    other => panic!("open ring with events to come returned {other:?}"),
+                }
+            }
+            drop(t.join().unwrap());
+            assert_eq!(poller.poll_wait(|_, _, _| {}), PollState::Drained);
+            let expected: Vec<_> = (0..3).map(|s| (s, value(s))).collect();
+            assert_eq!(seen, expected);
+        });
+    }
+
+    /// The last producer drops (closing the ring) right after publishing three events into
+    /// two slots, racing with a polling consumer: the consumer must report `Drained` only
+    /// after handling all three, in order.
+    pub fn close_racing_publish_drains<S: Sequencer>(make: Make<S>) {
+        check(3, move || {
+            let mut b = make(2).wait_strategy(WaitStrategy::busy_spin());
+            let id = b.poller("consumer").add().unwrap();
+            let (mut producer, mut ring) = b.build().unwrap();
+            let mut poller = ring.take_poller(id).unwrap();
+            let t = thread::spawn(move || {
+                for s in 0..3 {
+                    producer.publish(|e| *e = value(s)).unwrap();
+                }
+                // `producer` drops here: the last one, so the ring closes.
+            });
+            let seen = drain(&mut poller, |_| {});
+            t.join().unwrap();
+            let expected: Vec<_> = (0..3).map(|s| (s, value(s))).collect();
+            assert_eq!(seen, expected);
+        });
+    }
+}
 
 #[cfg(loom)]
 mod model {

@@ -19,16 +19,11 @@
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
 use loom::thread;
+use peregrine_loom_tests::scenarios::{self, value};
 use peregrine_loom_tests::{check, consume, drain, Hold};
 use peregrine_ring::{
     multi_producer, single_producer, Notifier, PollState, PublishError, WaitStrategy,
 };
-
-/// The value a single producer writes for sequence `s`: never the slots' initial `0`, so a
-/// consumer that reads a slot nobody wrote yet (or one already overwritten) notices.
-fn value(s: u64) -> u64 {
-    1000 + s
-}
 
 /// Single producer, one consumer, two slots, three events: the producer wraps around and
 /// must wait for the consumer before reusing slot 0.
@@ -49,23 +44,7 @@ fn value(s: u64) -> u64 {
     should_panic
 )]
 fn single_producer_wraps_without_overwriting() {
-    check(3, || {
-        let mut b = single_producer(2, || 0u64)
-            .unwrap()
-            .wait_strategy(WaitStrategy::busy_spin());
-        let id = b.poller("consumer").add().unwrap();
-        let (mut producer, mut ring) = b.build().unwrap();
-        let mut poller = ring.take_poller(id).unwrap();
-        let t = thread::spawn(move || {
-            for s in 0..3 {
-                assert_eq!(producer.publish(|e| *e = value(s)).unwrap(), s);
-            }
-        });
-        let seen = drain(&mut poller, |_| {});
-        t.join().unwrap();
-        let expected: Vec<_> = (0..3).map(|s| (s, value(s))).collect();
-        assert_eq!(seen, expected);
-    });
+    scenarios::wraps_without_overwriting(|n| single_producer(n, || 0u64).unwrap());
 }
 
 /// Two producers share a two-slot multi-producer ring; one publishes two events and the
@@ -129,29 +108,7 @@ fn multi_producer_never_reads_unpublished() {
 #[test]
 #[cfg_attr(peregrine_mutation = "batch_per_slot", should_panic)]
 fn batch_publish_is_all_or_nothing() {
-    const BATCH: u64 = 2;
-    check(3, || {
-        let mut b = single_producer(2, || 0u64)
-            .unwrap()
-            .wait_strategy(WaitStrategy::busy_spin());
-        let id = b.poller("consumer").add().unwrap();
-        let (mut producer, mut ring) = b.build().unwrap();
-        let mut poller = ring.take_poller(id).unwrap();
-        let t = thread::spawn(move || {
-            for batch in 0..2 {
-                let range = producer
-                    .publish_batch(BATCH as usize, |e, s| *e = value(s))
-                    .unwrap();
-                assert_eq!(range, batch * BATCH..(batch + 1) * BATCH);
-            }
-        });
-        let seen = drain(&mut poller, |n| {
-            assert_eq!(n % BATCH, 0, "saw {n} events: part of a batch was visible");
-        });
-        t.join().unwrap();
-        let expected: Vec<_> = (0..2 * BATCH).map(|s| (s, value(s))).collect();
-        assert_eq!(seen, expected);
-    });
+    scenarios::batches_are_all_or_nothing(|n| single_producer(n, || 0u64).unwrap(), 2, 2);
 }
 
 /// A pipeline `producer -> first -> second` over two slots and three events, each poller
@@ -265,32 +222,7 @@ fn blocking_notifier_loses_no_wakeup() {
 #[test]
 #[cfg_attr(peregrine_mutation = "notifier_no_fence", should_panic)]
 fn blocking_ring_loses_no_wakeup() {
-    check(3, || {
-        let mut b = single_producer(2, || 0u64)
-            .unwrap()
-            .wait_strategy(WaitStrategy::blocking());
-        let id = b.poller("consumer").add().unwrap();
-        let (producer, ring) = b.build().unwrap();
-        let (mut producer, mut ring) = (Hold::new(producer), Hold::new(ring));
-        let mut poller = Hold::new(ring.take_poller(id).unwrap());
-        let t = thread::spawn(move || {
-            for s in 0..3 {
-                producer.publish(|e| *e = value(s)).unwrap();
-            }
-            producer // dropped only after the consumer has everything
-        });
-        let mut seen = Vec::new();
-        while seen.len() < 3 {
-            match poller.poll_wait(|e, s, _| seen.push((s, *e))) {
-                PollState::Events(n) => assert!(n > 0),
-                other => panic!("open ring with events to come returned {other:?}"),
-            }
-        }
-        drop(t.join().unwrap());
-        assert_eq!(poller.poll_wait(|_, _, _| {}), PollState::Drained);
-        let expected: Vec<_> = (0..3).map(|s| (s, value(s))).collect();
-        assert_eq!(seen, expected);
-    });
+    scenarios::blocking_ring_loses_no_wakeup(|n| single_producer(n, || 0u64).unwrap());
 }
 
 /// The last producer drops (closing the ring) right after publishing, racing with a
@@ -305,24 +237,7 @@ fn blocking_ring_loses_no_wakeup() {
 #[test]
 #[cfg_attr(peregrine_mutation = "close_no_recheck", should_panic)]
 fn close_racing_publish_drains_everything() {
-    check(3, || {
-        let mut b = single_producer(2, || 0u64)
-            .unwrap()
-            .wait_strategy(WaitStrategy::busy_spin());
-        let id = b.poller("consumer").add().unwrap();
-        let (mut producer, mut ring) = b.build().unwrap();
-        let mut poller = ring.take_poller(id).unwrap();
-        let t = thread::spawn(move || {
-            for s in 0..3 {
-                producer.publish(|e| *e = value(s)).unwrap();
-            }
-            // `producer` drops here: the last one, so the ring closes.
-        });
-        let seen = drain(&mut poller, |_| {});
-        t.join().unwrap();
-        let expected: Vec<_> = (0..3).map(|s| (s, value(s))).collect();
-        assert_eq!(seen, expected);
-    });
+    scenarios::close_racing_publish_drains(|n| single_producer(n, || 0u64).unwrap());
 }
 
 /// The stage-thread side of the close: a producer publishes three events into a two-slot

@@ -7,13 +7,12 @@
 //! `should_panic` under them (`run-mutations.sh` runs it so).
 #![cfg(loom)]
 
-use loom::thread;
-use peregrine_loom_tests::{check, drain, Hold};
-use peregrine_ring::{single_producer_stamped, PollState, WaitStrategy};
+use peregrine_loom_tests::scenarios;
+use peregrine_ring::{single_producer_stamped, RingBuilder, Stamped};
 
-/// The value the producer writes for sequence `s`: never the slots' initial `0`.
-fn value(s: u64) -> u64 {
-    1000 + s
+/// A stamped ring of `u64` with `capacity` slots.
+fn stamped(capacity: usize) -> RingBuilder<u64, Stamped> {
+    single_producer_stamped(capacity, || 0u64).unwrap()
 }
 
 /// Two slots, three events one by one: the producer wraps and waits for the consumer,
@@ -35,50 +34,7 @@ fn value(s: u64) -> u64 {
     should_panic
 )]
 fn stamped_single_producer_wraps_without_overwriting() {
-    check(3, || {
-        let mut b = single_producer_stamped(2, || 0u64)
-            .unwrap()
-            .wait_strategy(WaitStrategy::busy_spin());
-        let id = b.poller("consumer").add().unwrap();
-        let (mut producer, mut ring) = b.build().unwrap();
-        let mut poller = ring.take_poller(id).unwrap();
-        let t = thread::spawn(move || {
-            for s in 0..3 {
-                assert_eq!(producer.publish(|e| *e = value(s)).unwrap(), s);
-            }
-        });
-        let seen = drain(&mut poller, |_| {});
-        t.join().unwrap();
-        let expected: Vec<_> = (0..3).map(|s| (s, value(s))).collect();
-        assert_eq!(seen, expected);
-    });
-}
-
-/// Publishes two batches of `batch` events into a ring of `capacity` slots and checks that
-/// every poll that finds events finds whole batches, each event as written.
-fn batches_are_all_or_nothing(capacity: usize, batch: u64) {
-    check(3, move || {
-        let mut b = single_producer_stamped(capacity, || 0u64)
-            .unwrap()
-            .wait_strategy(WaitStrategy::busy_spin());
-        let id = b.poller("consumer").add().unwrap();
-        let (mut producer, mut ring) = b.build().unwrap();
-        let mut poller = ring.take_poller(id).unwrap();
-        let t = thread::spawn(move || {
-            for k in 0..2 {
-                let range = producer
-                    .publish_batch(batch as usize, |e, s| *e = value(s))
-                    .unwrap();
-                assert_eq!(range, k * batch..(k + 1) * batch);
-            }
-        });
-        let seen = drain(&mut poller, |n| {
-            assert_eq!(n % batch, 0, "saw {n} events: part of a batch was visible");
-        });
-        t.join().unwrap();
-        let expected: Vec<_> = (0..2 * batch).map(|s| (s, value(s))).collect();
-        assert_eq!(seen, expected);
-    });
+    scenarios::wraps_without_overwriting(stamped);
 }
 
 /// Two batches of two through two slots: the consumer finds each batch by the stamp of its
@@ -92,7 +48,7 @@ fn batches_are_all_or_nothing(capacity: usize, batch: u64) {
 #[test]
 #[cfg_attr(peregrine_mutation = "stamp_in_order", should_panic)]
 fn stamped_batch_publish_is_all_or_nothing() {
-    batches_are_all_or_nothing(2, 2);
+    scenarios::batches_are_all_or_nothing(stamped, 2, 2);
 }
 
 /// Two batches of two through four slots: the consumer can find the second batch stamped
@@ -111,7 +67,7 @@ fn stamped_batch_publish_is_all_or_nothing() {
     should_panic
 )]
 fn stamped_backlog_of_batches_is_seen_in_whole_batches() {
-    batches_are_all_or_nothing(4, 2);
+    scenarios::batches_are_all_or_nothing(stamped, 4, 2);
 }
 
 /// A consumer parked by the blocking strategy, which looks at the next slot's stamp when
@@ -126,32 +82,7 @@ fn stamped_backlog_of_batches_is_seen_in_whole_batches() {
 #[test]
 #[cfg_attr(peregrine_mutation = "notifier_no_fence", should_panic)]
 fn stamped_blocking_ring_loses_no_wakeup() {
-    check(3, || {
-        let mut b = single_producer_stamped(2, || 0u64)
-            .unwrap()
-            .wait_strategy(WaitStrategy::blocking());
-        let id = b.poller("consumer").add().unwrap();
-        let (producer, ring) = b.build().unwrap();
-        let (mut producer, mut ring) = (Hold::new(producer), Hold::new(ring));
-        let mut poller = Hold::new(ring.take_poller(id).unwrap());
-        let t = thread::spawn(move || {
-            for s in 0..3 {
-                producer.publish(|e| *e = value(s)).unwrap();
-            }
-            producer
-        });
-        let mut seen = Vec::new();
-        while seen.len() < 3 {
-            match poller.poll_wait(|e, s, _| seen.push((s, *e))) {
-                PollState::Events(n) => assert!(n > 0),
-                other => panic!("open ring with events to come returned {other:?}"),
-            }
-        }
-        drop(t.join().unwrap());
-        assert_eq!(poller.poll_wait(|_, _, _| {}), PollState::Drained);
-        let expected: Vec<_> = (0..3).map(|s| (s, value(s))).collect();
-        assert_eq!(seen, expected);
-    });
+    scenarios::blocking_ring_loses_no_wakeup(stamped);
 }
 
 /// The last producer drops (closing the ring) right after publishing, racing with a
@@ -165,21 +96,5 @@ fn stamped_blocking_ring_loses_no_wakeup() {
 #[test]
 #[cfg_attr(peregrine_mutation = "close_no_recheck", should_panic)]
 fn stamped_close_racing_publish_drains_everything() {
-    check(3, || {
-        let mut b = single_producer_stamped(2, || 0u64)
-            .unwrap()
-            .wait_strategy(WaitStrategy::busy_spin());
-        let id = b.poller("consumer").add().unwrap();
-        let (mut producer, mut ring) = b.build().unwrap();
-        let mut poller = ring.take_poller(id).unwrap();
-        let t = thread::spawn(move || {
-            for s in 0..3 {
-                producer.publish(|e| *e = value(s)).unwrap();
-            }
-        });
-        let seen = drain(&mut poller, |_| {});
-        t.join().unwrap();
-        let expected: Vec<_> = (0..3).map(|s| (s, value(s))).collect();
-        assert_eq!(seen, expected);
-    });
+    scenarios::close_racing_publish_drains(stamped);
 }

@@ -18,6 +18,8 @@
 //! when every gating stage has handled `s - capacity`, so it never overwrites a slot a
 //! stage has not finished with.
 
+use std::marker::PhantomData;
+
 use crate::buffer::{NoStamp, Stamp, StampCell};
 use crate::sequence::{minimum, Sequence};
 use crate::sync::{fence, mutation, spin_loop, Arc, AtomicU64, CachePadded, Ordering};
@@ -113,12 +115,15 @@ fn wait_for_room(
     }
 }
 
-/// The single-producer sequencer: no compare-and-swap, no `fetch_add`.
+/// The single-producer sequencer: no compare-and-swap, no `fetch_add`. `T` is what each
+/// slot carries besides its event: nothing (the default), or a publication stamp
+/// ([`Stamped`]).
 #[derive(Debug)]
-pub struct Single {
+pub struct Single<T = NoStamp> {
     capacity: u64,
     /// Published count: events `0 .. cursor` are visible. Written only by the producer.
     cursor: Sequence,
+    slots: PhantomData<fn() -> T>,
 }
 
 /// The single producer's private state.
@@ -131,11 +136,11 @@ pub struct SingleLocal {
     limit: u64,
 }
 
-impl sealed::Sealed for Single {}
+impl<T> sealed::Sealed for Single<T> {}
 
-impl Sequencer for Single {
+impl<T: StampCell> Sequencer for Single<T> {
     type Local = SingleLocal;
-    type Stamp = NoStamp;
+    type Stamp = T;
 
     #[inline(always)]
     fn claim_known(&self, local: &mut SingleLocal, n: u64) -> Option<u64> {
@@ -152,6 +157,7 @@ impl Sequencer for Single {
         Self {
             capacity,
             cursor: Sequence::new(0),
+            slots: PhantomData,
         }
     }
 
@@ -223,63 +229,10 @@ impl Sequencer for Single {
     }
 }
 
-/// The single-producer sequencer of a stamped ring ([`single_producer_stamped`](crate::single_producer_stamped)):
-/// [`Single`]'s claims and cursor, and slots that carry their own publication stamps.
-#[derive(Debug)]
-pub struct Stamped(Single);
-
-impl sealed::Sealed for Stamped {}
-
-impl Sequencer for Stamped {
-    type Local = SingleLocal;
-    type Stamp = Stamp;
-
-    #[inline(always)]
-    fn claim_known(&self, local: &mut SingleLocal, n: u64) -> Option<u64> {
-        self.0.claim_known(local, n)
-    }
-
-    fn new(capacity: u64) -> Self {
-        Stamped(Single::new(capacity))
-    }
-
-    fn new_local(&self) -> SingleLocal {
-        self.0.new_local()
-    }
-
-    #[inline(always)]
-    fn try_claim(&self, local: &mut SingleLocal, n: u64, gating: &[Arc<Sequence>]) -> Option<u64> {
-        self.0.try_claim(local, n, gating)
-    }
-
-    #[inline(always)]
-    fn claim(
-        &self,
-        local: &mut SingleLocal,
-        n: u64,
-        gating: &[Arc<Sequence>],
-        wait: impl FnMut(u64) -> bool,
-    ) -> Option<u64> {
-        self.0.claim(local, n, gating, wait)
-    }
-
-    /// The cursor's store: after a single event's stamp, before a batch's (the producer's
-    /// publish stores both).
-    #[inline(always)]
-    fn publish(&self, local: &mut SingleLocal, lo: u64, hi: u64) {
-        self.0.publish(local, lo, hi);
-    }
-
-    #[inline(always)]
-    fn published(&self, next: u64) -> u64 {
-        self.0.published(next)
-    }
-
-    #[inline(always)]
-    fn claimed(&self) -> u64 {
-        self.0.claimed()
-    }
-}
+/// The single-producer sequencer of a stamped ring
+/// ([`single_producer_stamped`](crate::single_producer_stamped)): [`Single`]'s claims and
+/// cursor, and slots that carry their own publication stamps.
+pub type Stamped = Single<Stamp>;
 
 /// The multi-producer sequencer: claim by `fetch_add`, publish per slot.
 #[derive(Debug)]

@@ -704,7 +704,9 @@ impl Appender {
         let total = RECORD_HEADER_LEN + len;
         let length_word = total as u32;
         let sequence = self.next_sequence;
-        self.active.map.prefetch(offset + PREFETCH_AHEAD);
+        self.active
+            .map
+            .prefetch_range(offset + PREFETCH_AHEAD, total);
         let bytes = &mut self.active.map.bytes_mut()[offset..offset + total];
         bytes[8..16].copy_from_slice(&sequence.to_le_bytes());
         fill(&mut bytes[RECORD_HEADER_LEN..]);
@@ -725,6 +727,11 @@ impl Appender {
                 self.active.map.store_u64(slot_offset(slot), value);
             }
             self.next_slot = block + 1;
+            // The slots of the next cache line are written about 8 blocks from now; fetch
+            // that line now so the first of them does not wait for memory.
+            self.active
+                .map
+                .prefetch_range(slot_offset(self.next_slot + INDEX_SLOTS_PER_LINE), 8);
         }
     }
 
@@ -1036,7 +1043,10 @@ impl PendingCrcs<'_> {
         let appender = &mut *self.appender;
         let offset = appender.offset;
         let sequence = appender.next_sequence + self.len as u64;
-        appender.active.map.prefetch(offset + PREFETCH_AHEAD);
+        appender
+            .active
+            .map
+            .prefetch_range(offset + PREFETCH_AHEAD, total);
         let record = &mut appender.active.map.bytes_mut()[offset..offset + total];
         record[8..16].copy_from_slice(&sequence.to_le_bytes());
         record[RECORD_HEADER_LEN..].copy_from_slice(payload);
@@ -1090,10 +1100,14 @@ impl std::fmt::Debug for PendingCrcs<'_> {
     }
 }
 
-/// How far ahead of each record the appender prefetches the segment: a page, so that the
-/// first write to each new page finds its line (and its page-table entry) already fetched,
-/// where the hardware prefetchers, which stop at page boundaries, leave it cold.
+/// How far ahead of each record the appender prefetches the segment (every cache line the
+/// record will span, with write intent): a page, so that the first write to each new page
+/// finds its lines (and its page-table entry) already fetched, where the hardware
+/// prefetchers, which stop at page boundaries, leave it cold.
 const PREFETCH_AHEAD: usize = 4096;
+
+/// Index slots (8 bytes each) in one cache line: how far ahead [`Appender::index`] prefetches.
+const INDEX_SLOTS_PER_LINE: usize = 8;
 
 /// Bytes one [`Appender::pretouch`] step pre-faults: one huge page.
 const IDLE_STEP: usize = 2 << 20;

@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
 
+/// Bytes in a cache line on the CPUs the journal targets: the stride of
+/// [`SegmentMap::prefetch_range`].
+const CACHE_LINE: usize = 64;
+
 /// A writable shared mapping of a whole segment file, used by the single appender.
 ///
 /// # Safety
@@ -96,20 +100,28 @@ impl SegmentMap {
         word.store(value, Ordering::Relaxed);
     }
 
-    /// Asks the CPU to bring the cache line holding `offset` into its cache, so that a write
-    /// there soon neither waits for memory nor, on a new page, for a page-table walk. A hint
-    /// with no visible effect; offsets past the end are ignored.
+    /// Asks the CPU to bring every cache line of `offset..offset + len` into its cache with
+    /// the intent to write (`PREFETCHW` where the CPU has it), so that writes there soon
+    /// neither wait for memory nor, on a new page, for a page-table walk. A hint with no
+    /// visible effect; lines past the end of the mapping are skipped.
     #[inline]
-    pub(crate) fn prefetch(&self, offset: usize) {
+    pub(crate) fn prefetch_range(&self, offset: usize, len: usize) {
         #[cfg(target_arch = "x86_64")]
-        if offset < self.map.len() {
-            let ptr = self.map.as_ptr().wrapping_add(offset).cast::<i8>();
-            // SAFETY: a prefetch reads nothing into the program and never faults; `ptr` is
-            // inside the mapping (checked above) in any case.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr) };
+        {
+            let end = offset.saturating_add(len).min(self.map.len());
+            let mut line = offset & !(CACHE_LINE - 1);
+            while line < end {
+                let ptr = self.map.as_ptr().wrapping_add(line).cast::<i8>();
+                // SAFETY: a prefetch reads nothing into the program and never faults; `ptr`
+                // is inside the mapping (`line < end <= len`) in any case.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(ptr)
+                };
+                line += CACHE_LINE;
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = offset;
+        let _ = (offset, len);
     }
 
     /// Loads a length word with `Acquire`; pairs with [`SegmentMap::store_u32`].

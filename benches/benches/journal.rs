@@ -361,6 +361,68 @@ fn write_floor(root: &Path, plan: Plan, payload: usize) -> Measured {
     m
 }
 
+/// Floor of the sustained rows: how fast the kernel hands out new segment pages ready for
+/// writing, done the way the journal prepares a segment (create the file, write zeros
+/// through `pwrite`, map it, `MADV_POPULATE_WRITE`), one segment after another on this
+/// thread. Appends that outrun the background preparation wait for it, so the sustained
+/// rate (default runway of two segments) cannot exceed this one; the runway rows, prepared
+/// before the clock starts, are not bound by it. Printed in records per second of the
+/// payload's record size.
+fn print_provision_floor(root: &Path, plan: Plan, payload: usize, floors: Option<(f64, f64)>) {
+    let segments: usize = if plan.quick { 2 } else { 8 };
+    let size = plan.segment_size as usize;
+    let zeros = vec![0u8; 256 * 1024];
+    let start = Instant::now();
+    for i in 0..segments {
+        let path = root.join(format!("provision-{i}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("provision file");
+        file.set_len(size as u64).expect("provision size");
+        let mut at = 0;
+        while at < size {
+            let n = zeros.len().min(size - at);
+            std::os::unix::fs::FileExt::write_all_at(&file, &zeros[..n], at as u64)
+                .expect("provision zeros");
+            at += n;
+        }
+        // SAFETY: a private file this process just created; nothing else maps or truncates it.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map provision");
+        if map.advise(memmap2::Advice::PopulateWrite).is_err() {
+            // Older kernels: touch one byte per page instead.
+            let mut map = map;
+            for page in (0..size).step_by(4096) {
+                map[page] = 0;
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    let bytes = (segments * size) as f64;
+    let rate = bytes / record_len(payload) as f64 / elapsed.as_secs_f64();
+    let (vs_memcpy, vs_write) = match floors {
+        Some((memcpy, write)) => (
+            format!("{:.2}", rate / memcpy),
+            format!("{:.2}", rate / write),
+        ),
+        None => ("-".into(), "-".into()),
+    };
+    println!(
+        "| floor: segment provisioning ({segments} x {} MiB, {:.1} ms each; bounds the sustained rows) | {payload} B | - | {} | {:.2} | {:.0} | - | - | - | - | - | {vs_memcpy} | {vs_write} | - |",
+        size >> 20,
+        elapsed.as_secs_f64() * 1e3 / segments as f64,
+        (bytes / record_len(payload) as f64) as u64,
+        rate / 1e6,
+        bytes / elapsed.as_secs_f64() / 1e6,
+    );
+    for i in 0..segments {
+        let _ = fs::remove_file(root.join(format!("provision-{i}")));
+    }
+}
+
 fn modes() -> [(&'static str, Durability); 3] {
     [
         ("none", Durability::None),
@@ -395,6 +457,7 @@ fn append_scenarios(root: &Path, plan: Plan, payload: usize) {
         floors,
     );
     print_row("floor: buffered write(2)", &size, "-", &write, floors);
+    print_provision_floor(root, plan, payload, floors);
     let data = vec![0xA5u8; payload];
     for (name, durability) in modes() {
         let records = match durability {

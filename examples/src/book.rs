@@ -303,6 +303,7 @@ impl OrderIndex {
         }
     }
 
+    #[cfg(test)]
     fn get(&self, id: u64) -> Option<u32> {
         self.position(id).map(|i| self.slots[i].1)
     }
@@ -336,8 +337,13 @@ impl OrderIndex {
 
     /// Removes `id`, returning its node.
     fn remove(&mut self, id: u64) -> Option<u32> {
+        let at = self.position(id)?;
+        Some(self.remove_at(at))
+    }
+
+    /// Removes the entry at `hole` (a [`position`](Self::position)), returning its node.
+    fn remove_at(&mut self, mut hole: usize) -> u32 {
         let mask = self.mask();
-        let mut hole = self.position(id)?;
         let node = self.slots[hole].1;
         // Shift back every entry of the run after the hole that may move into it (its
         // home is not cyclically within (hole, j]).
@@ -361,7 +367,7 @@ impl OrderIndex {
         }
         self.slots[hole] = (0, NIL);
         self.len -= 1;
-        Some(node)
+        node
     }
 }
 
@@ -555,9 +561,11 @@ impl Exchange {
                     });
                 }
             }
-            Command::Cancel { instrument, order } => match self.index.get(order) {
-                Some(n) if self.nodes[n as usize].instrument == instrument => {
-                    self.index.remove(order);
+            Command::Cancel { instrument, order } => match self.index.position(order) {
+                Some(at)
+                    if self.nodes[self.index.slots[at].1 as usize].instrument == instrument =>
+                {
+                    let n = self.index.remove_at(at);
                     self.unlink(n);
                     report(Report::Cancelled { order });
                 }

@@ -7,13 +7,20 @@
 //! ```
 //!
 //! Knobs: `PEREGRINE_BENCH_RATE` (frames/s), `PEREGRINE_BENCH_WAIT=blocking|phased|yielding`
-//! (the rings' wait strategy), `PEREGRINE_BENCH_BUSY_POLL_US` (the `+busy-poll` rows),
-//! `PEREGRINE_BENCH_ONLY=peregrine-mio,peregrine-io_uring` (a subset; tokio always runs).
+//! (the rings' wait strategy), `PEREGRINE_BENCH_CLIENT=spin|sleep` (the load generator, see
+//! below), `PEREGRINE_BENCH_BUSY_POLL_US` (the `+busy-poll` rows),
+//! `PEREGRINE_BENCH_ONLY=peregrine-mio,peregrine-io_uring` (a subset; tokio and the floor
+//! always run).
 //!
-//! - **Echo latency.** One connection; a sender thread sends 16-byte frames at a fixed
-//!   rate, each carrying its *intended* send time; a receiver thread records
-//!   `arrival - intended` in an HDR histogram. A sender that falls behind keeps the
-//!   schedule, so stalls are charged in full (no coordinated omission).
+//! - **Echo latency.** One connection carrying 16-byte frames at a fixed rate, each with
+//!   its *intended* send time; `arrival - intended` goes into an HDR histogram. A client
+//!   that falls behind keeps the schedule, so stalls are charged in full (no coordinated
+//!   omission). The default client is one thread polling a non-blocking socket for its
+//!   send times and for replies; `PEREGRINE_BENCH_CLIENT=sleep` uses a sender thread that
+//!   sleeps until each send time and a receiver blocked in `read`, whose own wake-ups
+//!   (about 37 µs at the median on the 2-core VM) then count in every round trip. The
+//!   client's send lag is printed per server. The floor row is a thread polling the
+//!   accepted socket and writing each read straight back.
 //!   peregrine: reactor -> ingress ring -> `echo` stage, which writes the response to the
 //!   socket itself while the connection is idle (direct egress; otherwise egress ring ->
 //!   reactor). The `-inline` rows: the echo runs on the event loop's own thread
@@ -284,6 +291,82 @@ enum TokioMode {
 
 type Reply = tokio::sync::mpsc::UnboundedSender<Vec<u8>>;
 
+/// The floor: a plain thread that accepts a connection, then polls its non-blocking
+/// socket and writes each read straight back (no framing, no ring, no event loop). No
+/// server on this machine answers sooner; it holds one core while a connection is open.
+struct Floor {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server for Floor {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn consumed(&self) -> u64 {
+        0
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn floor_server() -> Box<dyn Server> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while !flag.load(Ordering::Relaxed) {
+            let mut stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_micros(100));
+                    continue;
+                }
+                Err(e) => panic!("floor accept failed: {e}"),
+            };
+            stream.set_nodelay(true).unwrap();
+            stream.set_nonblocking(true).unwrap();
+            'conn: while !flag.load(Ordering::Relaxed) {
+                let n = match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                let mut at = 0;
+                while at < n {
+                    match stream.write(&buf[at..n]) {
+                        Ok(k) => at += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::hint::spin_loop();
+                        }
+                        Err(_) => break 'conn,
+                    }
+                }
+            }
+        }
+    });
+    Box::new(Floor {
+        addr,
+        stop,
+        thread: Some(thread),
+    })
+}
+
 /// A tokio server on a current-thread runtime, in one of the [`TokioMode`]s.
 fn tokio_server(mode: TokioMode) -> Box<dyn Server> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -401,8 +484,113 @@ fn nanos_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
 }
 
-/// Fixed-rate echo: returns the round-trip histogram in nanoseconds.
-fn echo_latency(addr: SocketAddr, s: &Settings) -> Histogram<u64> {
+/// The echo load generator: `PEREGRINE_BENCH_CLIENT=spin` (default) or `sleep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// One thread on a non-blocking socket that polls for its next send time and for
+    /// replies: it holds one core, and adds no wake-up of its own to a round trip.
+    Spin,
+    /// A sender thread that sleeps until each send time and a receiver thread blocked in
+    /// `read`: both wake-ups (tens of microseconds in a VM) count in every round trip.
+    Sleep,
+}
+
+fn client() -> Client {
+    match std::env::var("PEREGRINE_BENCH_CLIENT").as_deref() {
+        Ok("sleep") => Client::Sleep,
+        _ => Client::Spin,
+    }
+}
+
+/// One echo round: the round-trip histogram and the client's own send lag (how late
+/// after its intended time each frame left), both in nanoseconds.
+struct EchoRound {
+    rtt: Histogram<u64>,
+    lag: Histogram<u64>,
+}
+
+fn echo_latency(addr: SocketAddr, s: &Settings) -> EchoRound {
+    match client() {
+        Client::Spin => echo_latency_spinning(addr, s),
+        Client::Sleep => echo_latency_sleeping(addr, s),
+    }
+}
+
+fn frame_len() -> usize {
+    4 + PAYLOAD
+}
+
+/// Fixed-rate echo from one polling thread. A frame is sent as soon as its intended time
+/// has come (several at once if the thread fell behind), replies are read as they arrive,
+/// and each round trip is charged from the intended send time.
+fn echo_latency_spinning(addr: SocketAddr, s: &Settings) -> EchoRound {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    let total = ((s.warmup_secs + s.latency_secs) * s.rate as f64) as u64;
+    let warmup = (s.warmup_secs * s.rate as f64) as u64;
+    let interval = 1_000_000_000 / s.rate;
+    let epoch = Instant::now() + Duration::from_millis(20);
+    let mut rtt = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let mut lag = rtt.clone();
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut inbuf = vec![0u8; 64 * 1024];
+    let (mut have, mut sent, mut received) = (0usize, 0u64, 0u64);
+    let deadline = epoch + Duration::from_secs_f64(s.warmup_secs + s.latency_secs + 30.0);
+    while received < total {
+        let now = if Instant::now() > epoch {
+            nanos_since(epoch)
+        } else {
+            0
+        };
+        while sent < total && sent * interval <= now && Instant::now() > epoch {
+            let intended = sent * interval;
+            out.extend_from_slice(&(PAYLOAD as u32).to_le_bytes());
+            out.extend_from_slice(&sent.to_le_bytes());
+            out.extend_from_slice(&intended.to_le_bytes());
+            if sent >= warmup {
+                lag.record(now.saturating_sub(intended).max(1)).unwrap();
+            }
+            sent += 1;
+        }
+        if !out.is_empty() {
+            match stream.write(&out) {
+                Ok(n) => {
+                    out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("echo send failed: {e}"),
+            }
+        }
+        match stream.read(&mut inbuf[have..]) {
+            Ok(0) => panic!("the server closed the echo connection"),
+            Ok(n) => have += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("echo receive failed: {e}"),
+        }
+        let arrived = nanos_since(epoch);
+        let mut at = 0;
+        while have - at >= frame_len() {
+            let frame = &inbuf[at..at + frame_len()];
+            let seq = u64::from_le_bytes(frame[4..12].try_into().unwrap());
+            assert_eq!(seq, received, "echo out of order");
+            let intended = u64::from_le_bytes(frame[12..20].try_into().unwrap());
+            if seq >= warmup {
+                rtt.record(arrived.saturating_sub(intended).max(1)).unwrap();
+            }
+            received += 1;
+            at += frame_len();
+        }
+        inbuf.copy_within(at..have, 0);
+        have -= at;
+        assert!(Instant::now() < deadline, "echo replies stopped coming");
+        std::hint::spin_loop();
+    }
+    EchoRound { rtt, lag }
+}
+
+/// Fixed-rate echo from a sleeping sender and a blocked receiver.
+fn echo_latency_sleeping(addr: SocketAddr, s: &Settings) -> EchoRound {
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_nodelay(true).unwrap();
     let mut writer = stream.try_clone().unwrap();
@@ -414,6 +602,7 @@ fn echo_latency(addr: SocketAddr, s: &Settings) -> Histogram<u64> {
         tight_timer_slack();
         let mut frame = [0u8; 4 + PAYLOAD];
         frame[..4].copy_from_slice(&(PAYLOAD as u32).to_le_bytes());
+        let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
         for seq in 0..total {
             let intended = epoch + interval * seq as u32;
             let now = Instant::now();
@@ -421,10 +610,15 @@ fn echo_latency(addr: SocketAddr, s: &Settings) -> Histogram<u64> {
                 std::thread::sleep(intended - now);
             }
             let intended_ns = (intended - epoch).as_nanos() as u64;
+            if seq >= warmup {
+                let late = nanos_since(epoch).saturating_sub(intended_ns);
+                lag.record(late.max(1)).unwrap();
+            }
             frame[4..12].copy_from_slice(&seq.to_le_bytes());
             frame[12..20].copy_from_slice(&intended_ns.to_le_bytes());
             writer.write_all(&frame).unwrap();
         }
+        lag
     });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
@@ -443,8 +637,8 @@ fn echo_latency(addr: SocketAddr, s: &Settings) -> Histogram<u64> {
             hist.record(now.saturating_sub(intended).max(1)).unwrap();
         }
     }
-    sender.join().unwrap();
-    hist
+    let lag = sender.join().unwrap();
+    EchoRound { rtt: hist, lag }
 }
 
 /// Two connections blasting small frames; returns frames per second consumed.
@@ -481,9 +675,14 @@ fn ingress_throughput(server: &dyn Server, s: &Settings) -> f64 {
     (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
 }
 
+/// The floor row's name (see [`floor_server`]).
+const FLOOR: &str = "floor: polling std echo thread";
+
 struct Row {
     name: &'static str,
     hist: Histogram<u64>,
+    /// The client's send lag during this server's rounds.
+    lag: Histogram<u64>,
     /// Each round's p50, for the median over rounds (robust to a disturbed round).
     p50s: Vec<u64>,
     ingress: f64,
@@ -540,12 +739,13 @@ fn main() {
         s.throughput_secs
     );
     type Make = fn() -> Box<dyn Server>;
-    let servers: [(&'static str, Make, Option<Make>); 10] = [
+    let servers: [(&'static str, Make, Option<Make>); 11] = [
         (
             "tokio",
             || tokio_server(TokioMode::Echo),
             Some(|| tokio_server(TokioMode::Ingress)),
         ),
+        (FLOOR, floor_server, None),
         ("tokio-pipeline", || tokio_server(TokioMode::Pipeline), None),
         (
             "peregrine-mio",
@@ -601,6 +801,7 @@ fn main() {
         .into_iter()
         .filter(|(name, _, _)| {
             *name == "tokio"
+                || *name == FLOOR
                 || only
                     .as_deref()
                     .is_none_or(|o| o.split(',').any(|n| n == *name))
@@ -613,6 +814,7 @@ fn main() {
         .map(|(name, _, _)| Row {
             name,
             hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap(),
+            lag: Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap(),
             p50s: Vec::new(),
             ingress: 0.0,
         })
@@ -620,7 +822,7 @@ fn main() {
     for round in 0..s.rounds {
         for (row, (name, echo, ingress)) in rows.iter_mut().zip(&servers) {
             let server = echo();
-            let hist = echo_latency(server.addr(), &s);
+            let EchoRound { rtt: hist, lag } = echo_latency(server.addr(), &s);
             drop(server);
             let rate = match ingress {
                 Some(make) => {
@@ -637,18 +839,23 @@ fn main() {
                 rate / 1e6
             );
             row.hist.add(&hist).unwrap();
+            row.lag.add(&lag).unwrap();
             row.p50s.push(hist.value_at_quantile(0.5));
             row.ingress += rate / s.rounds as f64;
         }
     }
+    let floor_p50 = rows
+        .iter()
+        .find(|r| r.name == FLOOR)
+        .map_or(f64::NAN, |r| r.hist.value_at_quantile(0.5) as f64);
     let base_p50 = rows[0].hist.value_at_quantile(0.5) as f64;
     let base_median = rows[0].median_p50() as f64;
     let base_in = rows[0].ingress;
     println!();
     println!("Echo round trip at a fixed rate, from the intended send time (all rounds merged), and ingress throughput:");
     println!();
-    println!("| server | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | p50 vs tokio | median of round p50s µs | vs tokio | ingress frames/s | ingress vs tokio |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| server | p50 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | p50 vs tokio | median of round p50s µs | vs tokio | p50 vs floor | client send lag p50 / p99 µs | ingress frames/s | ingress vs tokio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let h = &r.hist;
         let (ingress, ratio) = if r.ingress > 0.0 {
@@ -660,7 +867,7 @@ fn main() {
             ("-".to_string(), "-".to_string())
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:.2}x | {} | {:.2}x | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2}x | {} | {:.2}x | {:.2}x | {} / {} | {} | {} |",
             r.name,
             us(h.value_at_quantile(0.5)),
             us(h.value_at_quantile(0.99)),
@@ -670,12 +877,20 @@ fn main() {
             h.value_at_quantile(0.5) as f64 / base_p50,
             us(r.median_p50()),
             r.median_p50() as f64 / base_median,
+            h.value_at_quantile(0.5) as f64 / floor_p50,
+            us(r.lag.value_at_quantile(0.5)),
+            us(r.lag.value_at_quantile(0.99)),
             ingress,
             ratio,
         );
     }
     println!();
     println!("Targets: echo p50 <= 0.8x tokio; ingress >= 1.5x tokio; io_uring >= mio.");
+    match client() {
+        Client::Spin => println!("Client: one thread polling a non-blocking socket for its send times and replies (PEREGRINE_BENCH_CLIENT=spin); it holds one core."),
+        Client::Sleep => println!("Client: a sender thread sleeping until each send time and a receiver thread blocked in read (PEREGRINE_BENCH_CLIENT=sleep); their wake-ups count in every round trip."),
+    }
+    println!("{FLOOR}: a thread polling the accepted socket and writing each read straight back; no server here answers sooner. Client send lag: how late after its intended time the client sent (charged to the round trip).");
     println!("tokio-pipeline hands each frame to a logic thread and back (the same two hops as peregrine); its ingress is tokio's.");
     println!("-inline: the echo runs on the event loop's own thread (Reactor::spawn_inline), no stage thread; echo only.");
     println!("+busy-poll: the loop polls for {} µs after activity before sleeping (Config::busy_poll); echo only.", busy_poll().as_micros());

@@ -34,7 +34,7 @@ use peregrine::reactor::Config as ReactorConfig;
 use peregrine::ring::WaitStrategy;
 use peregrine_benches::quick;
 use peregrine_examples::book::{market_commands, random_commands, Command, COMMAND_LEN};
-use peregrine_examples::engine::{load, pipeline, Books, Load, MAX_PAYLOAD};
+use peregrine_examples::engine::{load, load_polling, pipeline, Books, Load, MAX_PAYLOAD};
 
 const INSTRUMENTS: u32 = 8;
 
@@ -58,7 +58,9 @@ fn temp(name: &str) -> PathBuf {
 }
 
 /// A bare loopback TCP server answering each length-prefixed frame with itself: one
-/// blocking thread per connection, no ring, no journal.
+/// blocking thread per connection, no ring, no journal. Under the polling load generator
+/// its threads are pinned to the first allowed core, as the engine's event loop is, so
+/// the generator (on the last core) does not share a core with them.
 fn echo_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -71,6 +73,12 @@ fn echo_server() -> SocketAddr {
                 std::thread::Builder::new()
                     .name("floor-echo".into())
                     .spawn(move || {
+                        if polling_client() {
+                            let cores = peregrine::ring::affinity::allowed_cores();
+                            if let (true, Some(&first)) = (cores.len() >= 2, cores.first()) {
+                                core_affinity::set_for_current(core_affinity::CoreId { id: first });
+                            }
+                        }
                         let mut frame = vec![0u8; 4 + 1024];
                         loop {
                             if stream.read_exact(&mut frame[..4]).is_err() {
@@ -99,16 +107,40 @@ fn ping_pong(addr: SocketAddr, n: usize) -> Histogram<u64> {
     let mut frame = vec![0u8; 4 + COMMAND_LEN];
     frame[..4].copy_from_slice(&(COMMAND_LEN as u32).to_le_bytes());
     let mut reply = frame.clone();
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-    for i in 0..n + n / 10 {
-        let start = Instant::now();
-        stream.write_all(&frame).expect("write");
-        stream.read_exact(&mut reply).expect("read");
-        if i >= n / 10 {
-            h.saturating_record(start.elapsed().as_nanos() as u64);
-        }
+    let h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    // Under the polling load generator the ping-pong polls too (from the last core), so
+    // that no wake-up of the client's own counts in the floor either.
+    let polling = polling_client();
+    if polling {
+        stream.set_nonblocking(true).expect("nonblocking");
     }
-    h
+    let run = move || {
+        let cores = peregrine::ring::affinity::allowed_cores();
+        if let (true, true, Some(&last)) = (polling, cores.len() >= 2, cores.last()) {
+            core_affinity::set_for_current(core_affinity::CoreId { id: last });
+        }
+        let mut h = h;
+        for i in 0..n + n / 10 {
+            let start = Instant::now();
+            stream.write_all(&frame).expect("write");
+            let mut got = 0;
+            while got < reply.len() {
+                match stream.read(&mut reply[got..]) {
+                    Ok(0) => panic!("the echo server closed the ping-pong connection"),
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::hint::spin_loop();
+                    }
+                    Err(e) => panic!("ping-pong read: {e}"),
+                }
+            }
+            if i >= n / 10 {
+                h.saturating_record(start.elapsed().as_nanos() as u64);
+            }
+        }
+        h
+    };
+    std::thread::spawn(run).join().expect("ping-pong thread")
 }
 
 struct Row {
@@ -167,6 +199,25 @@ fn busy_poll() -> Option<Duration> {
         .map(|v| Duration::from_micros(v.parse().expect("busy-poll microseconds")))
 }
 
+/// The load generator: `PEREGRINE_BENCH_CLIENT=sleep` (default) or `poll`
+/// ([`load_polling`], one thread polling every connection; it holds one core).
+fn run_load(
+    addr: SocketAddr,
+    connections: u64,
+    rate: u64,
+    duration: Duration,
+) -> Result<Load, peregrine::ring::BoxError> {
+    if polling_client() {
+        load_polling(addr, connections, rate, duration, INSTRUMENTS)
+    } else {
+        load(addr, connections, rate, duration, INSTRUMENTS)
+    }
+}
+
+fn polling_client() -> bool {
+    std::env::var("PEREGRINE_BENCH_CLIENT").is_ok_and(|c| c == "poll")
+}
+
 fn us(ns: u64) -> String {
     format!("{:.1}", ns as f64 / 1000.0)
 }
@@ -211,14 +262,8 @@ fn round_trip(plan: &Plan) {
         })
         .collect();
     for round in 0..plan.rounds {
-        let l = load(
-            floor_addr,
-            plan.connections,
-            plan.rate,
-            plan.duration,
-            INSTRUMENTS,
-        )
-        .expect("load against the echo floor");
+        let l = run_load(floor_addr, plan.connections, plan.rate, plan.duration)
+            .expect("load against the echo floor");
         floor.add(&l);
 
         for (layout, row) in &mut engines {
@@ -237,12 +282,11 @@ fn round_trip(plan: &Plan) {
                 .layout(*layout)
                 .start(|| Books::new(INSTRUMENTS))
                 .expect("start the engine");
-            let l = load(
+            let l = run_load(
                 running.local_addr(),
                 plan.connections,
                 plan.rate,
                 plan.duration,
-                INSTRUMENTS,
             )
             .expect("load against the engine");
             let stopped = running.stop().expect("stop the engine");

@@ -212,3 +212,142 @@ pub fn load(
         latency,
     })
 }
+
+/// [`load`] from one thread that polls non-blocking sockets for its send times and for
+/// replies, instead of a sleeping sender and a blocked receiver per connection. It holds
+/// one core while it runs (the last core the process may use, where it pins itself when
+/// there are two or more, so that it stays off the first, where the engine's event loop
+/// is placed), and adds no wake-up of its own to a round trip: a sleeping sender on a VM
+/// can wake tens of microseconds late, and that lateness is charged to the server under
+/// test. Same schedule, commands and accounting as [`load`].
+///
+/// # Errors
+///
+/// A connection fails, or no reply comes for 10 seconds.
+pub fn load_polling(
+    addr: SocketAddr,
+    connections: u64,
+    rate: u64,
+    duration: Duration,
+    instruments: u32,
+) -> Result<Load, BoxError> {
+    std::thread::Builder::new()
+        .name("load".into())
+        .spawn(move || {
+            let cores = peregrine::ring::affinity::allowed_cores();
+            if let (true, Some(&last)) = (cores.len() >= 2, cores.last()) {
+                core_affinity::set_for_current(core_affinity::CoreId { id: last });
+            }
+            poll_load(addr, connections, rate, duration, instruments).map_err(|e| e.to_string())
+        })?
+        .join()
+        .map_err(|_| "the load thread panicked")?
+        .map_err(Into::into)
+}
+
+fn poll_load(
+    addr: SocketAddr,
+    connections: u64,
+    rate: u64,
+    duration: Duration,
+    instruments: u32,
+) -> Result<Load, BoxError> {
+    struct Conn {
+        stream: TcpStream,
+        commands: Vec<Command>,
+        sent: usize,
+        answered: usize,
+        out: Vec<u8>,
+        inbuf: Vec<u8>,
+        have: usize,
+    }
+    let connections = connections.max(1);
+    let per_conn = (rate / connections).max(1);
+    let interval = 1_000_000_000 / per_conn;
+    let count = ((per_conn as u128 * duration.as_nanos()) / 1_000_000_000).max(1) as usize;
+    let mut conns = Vec::new();
+    for c in 0..connections {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        conns.push(Conn {
+            stream,
+            commands: random_commands(0xC0FFEE + c, count, instruments, (c + 1) << 40),
+            sent: 0,
+            answered: 0,
+            out: Vec::with_capacity(1 << 16),
+            inbuf: vec![0u8; 1 << 16],
+            have: 0,
+        });
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let start = Instant::now() + Duration::from_millis(50);
+    while Instant::now() < start {
+        std::hint::spin_loop();
+    }
+    let mut last_progress = Instant::now();
+    let mut answered_all = 0usize;
+    while answered_all < count * conns.len() {
+        let now = start.elapsed().as_nanos() as u64;
+        for conn in &mut conns {
+            while conn.sent < count && conn.sent as u64 * interval <= now {
+                conn.out
+                    .extend_from_slice(&(COMMAND_LEN as u32).to_le_bytes());
+                conn.out
+                    .extend_from_slice(&conn.commands[conn.sent].encode());
+                conn.sent += 1;
+            }
+            if !conn.out.is_empty() {
+                match conn.stream.write(&conn.out) {
+                    Ok(n) => {
+                        conn.out.drain(..n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if conn.have == conn.inbuf.len() {
+                let len = conn.inbuf.len();
+                conn.inbuf.resize(len * 2, 0);
+            }
+            match conn.stream.read(&mut conn.inbuf[conn.have..]) {
+                Ok(0) => return Err("the server closed a load connection".into()),
+                Ok(n) => conn.have += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+            let arrived = start.elapsed().as_nanos() as u64;
+            let mut at = 0;
+            while conn.have - at >= 4 {
+                let len = u32::from_le_bytes(conn.inbuf[at..at + 4].try_into().expect("4 bytes"))
+                    as usize;
+                if conn.have - at < 4 + len {
+                    break;
+                }
+                // Replies come back in command order on a connection.
+                let intended = conn.answered as u64 * interval;
+                latency.saturating_record(arrived.saturating_sub(intended));
+                conn.answered += 1;
+                answered_all += 1;
+                last_progress = Instant::now();
+                at += 4 + len;
+            }
+            conn.inbuf.copy_within(at..conn.have, 0);
+            conn.have -= at;
+        }
+        if last_progress.elapsed() > Duration::from_secs(10) {
+            return Err(format!(
+                "no reply for 10 s ({answered_all} of {} answered)",
+                count * conns.len()
+            )
+            .into());
+        }
+        std::hint::spin_loop();
+    }
+    Ok(Load {
+        sent: (count * conns.len()) as u64,
+        answered: answered_all as u64,
+        elapsed: start.elapsed(),
+        latency,
+    })
+}

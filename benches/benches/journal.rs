@@ -311,9 +311,11 @@ fn record_len(payload: usize) -> usize {
 /// Floor: copy the same bytes a record takes into a pre-faulted shared file mapping, reused
 /// as a ring. In the full run the mapping (256 MiB) is larger than any last-level cache, so
 /// like the journal's appends the copies go to memory; a mapping that fits in cache would be
-/// a floor no log that keeps its data can reach. The mapping asks for transparent huge pages,
-/// like the journal's segments under `Durability::None`, so the floor is not handicapped by
-/// TLB misses the journal does not take.
+/// a floor no log that keeps its data can reach. The file is filled with zeros 2 MiB at a
+/// time through `pwrite` and the mapping asks for transparent huge pages, as the journal
+/// prepares its segments under `Durability::None`, so where the file system maps those in
+/// 2 MiB pages the floor gets them too, and is not handicapped by TLB misses the journal
+/// does not take.
 fn memcpy_floor(root: &Path, plan: Plan, payload: usize) -> Measured {
     let path = root.join("memcpy-floor");
     let file = OpenOptions::new()
@@ -324,6 +326,13 @@ fn memcpy_floor(root: &Path, plan: Plan, payload: usize) -> Measured {
         .open(&path)
         .expect("floor file");
     file.set_len(plan.floor_bytes).expect("floor size");
+    let zeros = vec![0u8; 2 << 20];
+    let mut at = 0u64;
+    while at < plan.floor_bytes {
+        let n = zeros.len().min((plan.floor_bytes - at) as usize);
+        std::os::unix::fs::FileExt::write_all_at(&file, &zeros[..n], at).expect("floor zeros");
+        at += n as u64;
+    }
     // SAFETY: a private file this process just created; nothing else maps or truncates it.
     let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map floor");
     // Huge pages where the file system offers them, as the journal's own segments get.
@@ -362,16 +371,16 @@ fn write_floor(root: &Path, plan: Plan, payload: usize) -> Measured {
 }
 
 /// Floor of the sustained rows: how fast the kernel hands out new segment pages ready for
-/// writing, done the way the journal prepares a segment (create the file, write zeros
-/// through `pwrite`, map it, `MADV_POPULATE_WRITE`), one segment after another on this
-/// thread. Appends that outrun the background preparation wait for it, so the sustained
+/// writing, done the way the journal prepares a segment under `Durability::None` (create
+/// the file, write zeros through `pwrite` 2 MiB at a time, map it asking for huge pages,
+/// `MADV_POPULATE_WRITE`), one segment after another on this thread. Appends that outrun the background preparation wait for it, so the sustained
 /// rate (default runway of two segments) cannot exceed this one; the runway rows, prepared
 /// before the clock starts, are not bound by it. Printed in records per second of the
 /// payload's record size.
 fn print_provision_floor(root: &Path, plan: Plan, payload: usize, floors: Option<(f64, f64)>) {
     let segments: usize = if plan.quick { 2 } else { 8 };
     let size = plan.segment_size as usize;
-    let zeros = vec![0u8; 256 * 1024];
+    let zeros = vec![0u8; 2 << 20];
     let start = Instant::now();
     for i in 0..segments {
         let path = root.join(format!("provision-{i}"));
@@ -392,6 +401,7 @@ fn print_provision_floor(root: &Path, plan: Plan, payload: usize, floors: Option
         }
         // SAFETY: a private file this process just created; nothing else maps or truncates it.
         let map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map provision");
+        let _ = map.advise(memmap2::Advice::HugePage);
         if map.advise(memmap2::Advice::PopulateWrite).is_err() {
             // Older kernels: touch one byte per page instead.
             let mut map = map;

@@ -672,3 +672,80 @@ fn appends_to_a_prepared_segment_take_no_page_faults() {
     drop(appender);
     assert_eq!(verify(dir.path()).unwrap().next_sequence, records as u64);
 }
+
+/// Kilobytes of `FilePmdMapped` (file pages mapped 2 MiB at a time) over this process's
+/// mappings of files under `dir`, from `/proc/self/smaps`.
+fn pmd_mapped_kib(dir: &std::path::Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let dir = dir.to_string_lossy().into_owned();
+    let mut inside = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            inside = line
+                .split_whitespace()
+                .nth(5)
+                .is_some_and(|p| p.starts_with(&dir));
+        } else if inside {
+            if let Some(kib) = line.strip_prefix("FilePmdMapped:") {
+                total += kib
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn prepared_segments_get_huge_pages_where_a_plain_file_does() {
+    use std::os::unix::fs::FileExt;
+    // First ask the platform: a file filled with zeros 2 MiB at a time and mapped with
+    // MADV_HUGEPAGE. Whether its pages are then mapped 2 MiB at a time depends on the
+    // kernel and the file system (large folios); where they are not, there is nothing to
+    // hold the journal to.
+    let probe_dir = TempDir::new("huge-probe");
+    let path = probe_dir.join("probe");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(4 << 20).unwrap();
+    let zeros = vec![0u8; 2 << 20];
+    file.write_all_at(&zeros, 0).unwrap();
+    file.write_all_at(&zeros, 2 << 20).unwrap();
+    // SAFETY: a file this test just created; nothing else maps or truncates it.
+    let map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+    let _ = map.advise(memmap2::Advice::HugePage);
+    let _ = map.advise(memmap2::Advice::PopulateWrite);
+    let platform = pmd_mapped_kib(probe_dir.path());
+    drop(map);
+    if platform == 0 {
+        eprintln!(
+            "skipped: this kernel and file system map none of a plain 2 MiB-written file in \
+             huge pages, so there is no journal behaviour to check"
+        );
+        return;
+    }
+
+    // The journal under Durability::None (the default): the active segment and the one
+    // prepared ahead.
+    let dir = TempDir::new("huge-journal");
+    let config = Config::default().segment_size(8 << 20).prepare_ahead(1);
+    let (mut appender, _) = Appender::open(dir.path(), config).unwrap();
+    appender.wait_prepared().unwrap();
+    appender.append(b"one record").unwrap();
+    let journal = pmd_mapped_kib(dir.path());
+    assert!(
+        journal >= 2 << 10,
+        "the platform maps a plain file in huge pages ({platform} KiB) but the journal's \
+         segments got {journal} KiB"
+    );
+}

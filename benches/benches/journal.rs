@@ -371,16 +371,16 @@ fn write_floor(root: &Path, plan: Plan, payload: usize) -> Measured {
 }
 
 /// Floor of the sustained rows: how fast the kernel hands out new segment pages ready for
-/// writing, done the way the journal prepares a segment under `Durability::None` (create
-/// the file, write zeros through `pwrite` 2 MiB at a time, map it asking for huge pages,
-/// `MADV_POPULATE_WRITE`), one segment after another on this thread. Appends that outrun the background preparation wait for it, so the sustained
+/// writing, done the way the journal prepares a segment by default (create the file, write
+/// zeros through `pwrite` 256 KiB at a time, map it, `MADV_POPULATE_WRITE`), one segment
+/// after another on this thread. Appends that outrun the background preparation wait for it, so the sustained
 /// rate (default runway of two segments) cannot exceed this one; the runway rows, prepared
 /// before the clock starts, are not bound by it. Printed in records per second of the
 /// payload's record size.
 fn print_provision_floor(root: &Path, plan: Plan, payload: usize, floors: Option<(f64, f64)>) {
     let segments: usize = if plan.quick { 2 } else { 8 };
     let size = plan.segment_size as usize;
-    let zeros = vec![0u8; 2 << 20];
+    let zeros = vec![0u8; 256 * 1024];
     let start = Instant::now();
     for i in 0..segments {
         let path = root.join(format!("provision-{i}"));
@@ -401,7 +401,6 @@ fn print_provision_floor(root: &Path, plan: Plan, payload: usize, floors: Option
         }
         // SAFETY: a private file this process just created; nothing else maps or truncates it.
         let map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map provision");
-        let _ = map.advise(memmap2::Advice::HugePage);
         if map.advise(memmap2::Advice::PopulateWrite).is_err() {
             // Older kernels: touch one byte per page instead.
             let mut map = map;
@@ -506,9 +505,65 @@ fn append_scenarios(root: &Path, plan: Plan, payload: usize) {
         );
         let _ = fs::remove_dir_all(&dir);
         if durability == Durability::None {
+            huge_page_scenarios(root, plan, payload, floors);
             runway_scenarios(root, plan, payload, floors);
         }
     }
+}
+
+/// Sustained appends under `Durability::None` with [`Config::huge_pages`]: segments
+/// prepared in 2 MiB pages where the file system does it (the bench prints whether this
+/// one did), so appends take no page-table walks at 4 KiB page boundaries.
+fn huge_page_scenarios(root: &Path, plan: Plan, payload: usize, floors: Option<(f64, f64)>) {
+    let size = format!("{payload} B");
+    let data = vec![0xA5u8; payload];
+    let config = || journal_config(plan, Durability::None).huge_pages(true);
+    let dir = root.join(format!("huge-single-{payload}"));
+    let (mut appender, _) = Appender::open(&dir, config()).expect("open journal");
+    let m = measure(plan.records, payload, |_| {
+        appender.append(black_box(&data)).expect("append");
+    });
+    let huge = huge_mapped_mib();
+    drop(appender);
+    let _ = fs::remove_dir_all(&dir);
+    print_row(
+        &format!("journal append, huge pages ({huge} MiB mapped 2 MiB at a time at the end)"),
+        &size,
+        "none",
+        &m,
+        floors,
+    );
+    let dir = root.join(format!("huge-batch-{payload}"));
+    let (mut appender, _) = Appender::open(&dir, config()).expect("open journal");
+    let batch: Vec<&[u8]> = vec![&data; BATCH];
+    let mut m = measure(plan.records.div_ceil(BATCH).max(2), payload, |_| {
+        appender
+            .append_batch(black_box(&batch))
+            .expect("append batch");
+    });
+    m.records *= BATCH;
+    drop(appender);
+    let _ = fs::remove_dir_all(&dir);
+    print_row(
+        &format!("journal append_batch x{BATCH} (latency per batch), huge pages"),
+        &size,
+        "none",
+        &m,
+        floors,
+    );
+}
+
+/// MiB of file pages this process maps 2 MiB at a time (`FilePmdMapped` over
+/// `/proc/self/smaps_rollup`); 0 where unknown.
+fn huge_mapped_mib() -> u64 {
+    fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("FilePmdMapped:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib >> 10)
 }
 
 /// Largest runway (segments prepared before the run) the bench asks for: the run's whole

@@ -702,7 +702,7 @@ fn pmd_mapped_kib(dir: &std::path::Path) -> u64 {
 }
 
 #[test]
-fn prepared_segments_get_huge_pages_where_a_plain_file_does() {
+fn segments_asked_for_in_huge_pages_get_them_where_a_plain_file_does() {
     use std::os::unix::fs::FileExt;
     // First ask the platform: a file filled with zeros 2 MiB at a time and mapped with
     // MADV_HUGEPAGE. Whether its pages are then mapped 2 MiB at a time depends on the
@@ -735,10 +735,28 @@ fn prepared_segments_get_huge_pages_where_a_plain_file_does() {
         return;
     }
 
-    // The journal under Durability::None (the default): the active segment and the one
+    // By default the segments stay in 4 KiB pages.
+    let small = TempDir::new("small-journal");
+    let config = Config::default().segment_size(8 << 20).prepare_ahead(1);
+    assert!(!config.get_huge_pages());
+    let (mut appender, _) = Appender::open(small.path(), config).unwrap();
+    appender.wait_prepared().unwrap();
+    appender.append(b"one record").unwrap();
+    assert_eq!(
+        pmd_mapped_kib(small.path()),
+        0,
+        "huge pages are off by default"
+    );
+    drop(appender);
+
+    // Asked for, under Durability::None (the default): the active segment and the one
     // prepared ahead.
     let dir = TempDir::new("huge-journal");
-    let config = Config::default().segment_size(8 << 20).prepare_ahead(1);
+    let config = Config::default()
+        .segment_size(8 << 20)
+        .prepare_ahead(1)
+        .huge_pages(true);
+    assert!(config.get_huge_pages());
     let (mut appender, _) = Appender::open(dir.path(), config).unwrap();
     appender.wait_prepared().unwrap();
     appender.append(b"one record").unwrap();

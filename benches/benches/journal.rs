@@ -304,6 +304,26 @@ fn timer_overhead(records: usize) -> Measured {
     })
 }
 
+/// `records` single appends of `data` (see [`measure`]).
+fn measure_appends(appender: &mut Appender, records: usize, data: &[u8]) -> Measured {
+    measure(records, data.len(), |_| {
+        appender.append(black_box(data)).expect("append");
+    })
+}
+
+/// About `records` appends of `data` in batches of [`BATCH`]; latency is per batch,
+/// throughput per record.
+fn measure_batches(appender: &mut Appender, records: usize, data: &[u8]) -> Measured {
+    let batch: Vec<&[u8]> = vec![data; BATCH];
+    let mut m = measure(records.div_ceil(BATCH).max(2), data.len(), |_| {
+        appender
+            .append_batch(black_box(&batch))
+            .expect("append batch");
+    });
+    m.records *= BATCH;
+    m
+}
+
 fn record_len(payload: usize) -> usize {
     (16 + payload + 7) & !7
 }
@@ -477,9 +497,7 @@ fn append_scenarios(root: &Path, plan: Plan, payload: usize) {
         let dir = root.join(format!("append-{payload}-{name}"));
         let (mut appender, _) =
             Appender::open(&dir, journal_config(plan, durability)).expect("open journal");
-        let m = measure(records, payload, |_| {
-            appender.append(black_box(&data)).expect("append");
-        });
+        let m = measure_appends(&mut appender, records, &data);
         drop(appender);
         print_row("journal append", &size, name, &m, floors);
         let _ = fs::remove_dir_all(&dir);
@@ -488,13 +506,7 @@ fn append_scenarios(root: &Path, plan: Plan, payload: usize) {
         let dir = root.join(format!("batch-{payload}-{name}"));
         let (mut appender, _) =
             Appender::open(&dir, journal_config(plan, durability)).expect("open journal");
-        let batch: Vec<&[u8]> = vec![&data; BATCH];
-        let mut m = measure(records.div_ceil(BATCH).max(2), payload, |_| {
-            appender
-                .append_batch(black_box(&batch))
-                .expect("append batch");
-        });
-        m.records *= BATCH;
+        let m = measure_batches(&mut appender, records, &data);
         drop(appender);
         print_row(
             &format!("journal append_batch x{BATCH} (latency per batch)"),
@@ -520,9 +532,7 @@ fn huge_page_scenarios(root: &Path, plan: Plan, payload: usize, floors: Option<(
     let config = || journal_config(plan, Durability::None).huge_pages(true);
     let dir = root.join(format!("huge-single-{payload}"));
     let (mut appender, _) = Appender::open(&dir, config()).expect("open journal");
-    let m = measure(plan.records, payload, |_| {
-        appender.append(black_box(&data)).expect("append");
-    });
+    let m = measure_appends(&mut appender, plan.records, &data);
     let huge = huge_mapped_mib();
     drop(appender);
     let _ = fs::remove_dir_all(&dir);
@@ -535,13 +545,7 @@ fn huge_page_scenarios(root: &Path, plan: Plan, payload: usize, floors: Option<(
     );
     let dir = root.join(format!("huge-batch-{payload}"));
     let (mut appender, _) = Appender::open(&dir, config()).expect("open journal");
-    let batch: Vec<&[u8]> = vec![&data; BATCH];
-    let mut m = measure(plan.records.div_ceil(BATCH).max(2), payload, |_| {
-        appender
-            .append_batch(black_box(&batch))
-            .expect("append batch");
-    });
-    m.records *= BATCH;
+    let m = measure_batches(&mut appender, plan.records, &data);
     drop(appender);
     let _ = fs::remove_dir_all(&dir);
     print_row(
@@ -597,9 +601,7 @@ fn runway_scenarios(root: &Path, plan: Plan, payload: usize, floors: Option<(f64
         (dir, appender)
     };
     let (dir, mut appender) = open("single");
-    let m = measure(plan.records, payload, |_| {
-        appender.append(black_box(&data)).expect("append");
-    });
+    let m = measure_appends(&mut appender, plan.records, &data);
     let rolls = appender.segment_index();
     drop(appender);
     let _ = fs::remove_dir_all(&dir);
@@ -611,13 +613,7 @@ fn runway_scenarios(root: &Path, plan: Plan, payload: usize, floors: Option<(f64
         floors,
     );
     let (dir, mut appender) = open("batch");
-    let batch: Vec<&[u8]> = vec![&data; BATCH];
-    let mut m = measure(plan.records.div_ceil(BATCH).max(2), payload, |_| {
-        appender
-            .append_batch(black_box(&batch))
-            .expect("append batch");
-    });
-    m.records *= BATCH;
+    let m = measure_batches(&mut appender, plan.records, &data);
     let rolls = appender.segment_index();
     drop(appender);
     let _ = fs::remove_dir_all(&dir);

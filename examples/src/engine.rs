@@ -116,6 +116,26 @@ pub struct Load {
     pub latency: Histogram<u64>,
 }
 
+/// The load generators' schedule: `count` commands on each of `connections` connections,
+/// `interval` nanoseconds apart, together `rate` a second for `duration`.
+struct Schedule {
+    connections: u64,
+    interval: u64,
+    count: usize,
+}
+
+impl Schedule {
+    fn new(connections: u64, rate: u64, duration: Duration) -> Schedule {
+        let connections = connections.max(1);
+        let per_conn = (rate / connections).max(1);
+        Schedule {
+            connections,
+            interval: 1_000_000_000 / per_conn,
+            count: ((per_conn as u128 * duration.as_nanos()) / 1_000_000_000).max(1) as usize,
+        }
+    }
+}
+
 /// Sends random commands at a fixed rate on `connections` connections and times each
 /// reply from the command's intended send time (so a stalled engine cannot hide its
 /// stall: no coordinated omission).
@@ -133,10 +153,12 @@ pub fn load(
     duration: Duration,
     instruments: u32,
 ) -> Result<Load, BoxError> {
-    let connections = connections.max(1);
-    let per_conn = (rate / connections).max(1);
-    let interval = Duration::from_nanos(1_000_000_000 / per_conn);
-    let count = ((per_conn as u128 * duration.as_nanos()) / 1_000_000_000).max(1) as usize;
+    let Schedule {
+        connections,
+        interval,
+        count,
+    } = Schedule::new(connections, rate, duration);
+    let interval = Duration::from_nanos(interval);
     let start = Instant::now() + Duration::from_millis(50);
     let mut threads = Vec::new();
     for c in 0..connections {
@@ -261,10 +283,11 @@ fn poll_load(
         inbuf: Vec<u8>,
         have: usize,
     }
-    let connections = connections.max(1);
-    let per_conn = (rate / connections).max(1);
-    let interval = 1_000_000_000 / per_conn;
-    let count = ((per_conn as u128 * duration.as_nanos()) / 1_000_000_000).max(1) as usize;
+    let Schedule {
+        connections,
+        interval,
+        count,
+    } = Schedule::new(connections, rate, duration);
     let mut conns = Vec::new();
     for c in 0..connections {
         let stream = TcpStream::connect(addr)?;

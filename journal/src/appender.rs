@@ -173,8 +173,9 @@ impl Config {
     /// folios (ext4 and xfs on Linux 6.x) the page cache holds the segment in 2 MiB folios
     /// and the mapping maps them whole (`FilePmdMapped` in `/proc/meminfo`). Appends then
     /// cross no 4 KiB page boundary and take no page-table walk: on the reference machine
-    /// the p99.99 of 64-byte appends went from 7.6x-20x their p50 to 2.4x-4.5x. Where the
-    /// file system does not do this, nothing changes.
+    /// the p99.99 of 64-byte appends, 5.9x to 20x their p50 in 4 KiB pages, was 2.4x to
+    /// 4.5x in four runs of five (10.5x in the fifth). Where the file system does not do
+    /// this, nothing changes.
     ///
     /// The cost is in preparing segments. Each 2 MiB folio is a high-order allocation; in
     /// a virtual machine that hands free memory back to its host (virtio-balloon free page

@@ -173,7 +173,7 @@ impl Config {
     /// folios (ext4 and xfs on Linux 6.x) the page cache holds the segment in 2 MiB folios
     /// and the mapping maps them whole (`FilePmdMapped` in `/proc/meminfo`). Appends then
     /// cross no 4 KiB page boundary and take no page-table walk: on the reference machine
-    /// the p99.99 of 64-byte appends, 5.9x to 20x their p50 in 4 KiB pages, was 2.4x to
+    /// the p99.99 of 64-byte appends, 4.8x to 20x their p50 in 4 KiB pages, was 2.4x to
     /// 4.5x in four runs of five (10.5x in the fifth). Where the file system does not do
     /// this, nothing changes.
     ///

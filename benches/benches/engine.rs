@@ -74,10 +74,7 @@ fn echo_server() -> SocketAddr {
                     .name("floor-echo".into())
                     .spawn(move || {
                         if polling_client() {
-                            let cores = peregrine::ring::affinity::allowed_cores();
-                            if let (true, Some(&first)) = (cores.len() >= 2, cores.first()) {
-                                core_affinity::set_for_current(core_affinity::CoreId { id: first });
-                            }
+                            pin_apart(true);
                         }
                         let mut frame = vec![0u8; 4 + 1024];
                         loop {
@@ -115,9 +112,8 @@ fn ping_pong(addr: SocketAddr, n: usize) -> Histogram<u64> {
         stream.set_nonblocking(true).expect("nonblocking");
     }
     let run = move || {
-        let cores = peregrine::ring::affinity::allowed_cores();
-        if let (true, true, Some(&last)) = (polling, cores.len() >= 2, cores.last()) {
-            core_affinity::set_for_current(core_affinity::CoreId { id: last });
+        if polling {
+            pin_apart(false);
         }
         let mut h = h;
         for i in 0..n + n / 10 {
@@ -211,6 +207,17 @@ fn run_load(
         load_polling(addr, connections, rate, duration, INSTRUMENTS)
     } else {
         load(addr, connections, rate, duration, INSTRUMENTS)
+    }
+}
+
+/// Under the polling load generator, keeps servers and clients on different cores where
+/// there are two or more: servers (`server`) on the first allowed core, where the engine's
+/// event loop is placed, clients on the last, where `load_polling` pins itself.
+fn pin_apart(server: bool) {
+    let cores = peregrine::ring::affinity::allowed_cores();
+    let core = if server { cores.first() } else { cores.last() };
+    if let (true, Some(&id)) = (cores.len() >= 2, core) {
+        core_affinity::set_for_current(core_affinity::CoreId { id });
     }
 }
 

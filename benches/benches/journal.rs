@@ -324,6 +324,28 @@ fn measure_batches(appender: &mut Appender, records: usize, data: &[u8]) -> Meas
     m
 }
 
+/// Creates (or truncates) `path` as a `len`-byte file of zeros written through `pwrite`
+/// one `zeros` at a time, the way the journal prepares a segment: the write size decides
+/// the page-cache folio size, so 2 MiB writes give huge-page-mappable folios.
+fn zeroed_file(path: &Path, len: usize, zeros: &[u8]) -> File {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .expect("create a bench file");
+    file.set_len(len as u64).expect("size a bench file");
+    let mut at = 0;
+    while at < len {
+        let n = zeros.len().min(len - at);
+        std::os::unix::fs::FileExt::write_all_at(&file, &zeros[..n], at as u64)
+            .expect("zero a bench file");
+        at += n;
+    }
+    file
+}
+
 fn record_len(payload: usize) -> usize {
     (16 + payload + 7) & !7
 }
@@ -333,29 +355,16 @@ fn record_len(payload: usize) -> usize {
 /// like the journal's appends the copies go to memory; a mapping that fits in cache would be
 /// a floor no log that keeps its data can reach. The file is filled with zeros 2 MiB at a
 /// time through `pwrite` and the mapping asks for transparent huge pages, as the journal
-/// prepares its segments under `Durability::None`, so where the file system maps those in
-/// 2 MiB pages the floor gets them too, and is not handicapped by TLB misses the journal
-/// does not take.
+/// prepares its segments with `Config::huge_pages`, so where the file system maps those in
+/// 2 MiB pages the floor gets them too: it is not handicapped by TLB misses that the
+/// journal's huge-page rows do not take (its default rows take them; the floor stays the
+/// best case).
 fn memcpy_floor(root: &Path, plan: Plan, payload: usize) -> Measured {
     let path = root.join("memcpy-floor");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .expect("floor file");
-    file.set_len(plan.floor_bytes).expect("floor size");
-    let zeros = vec![0u8; 2 << 20];
-    let mut at = 0u64;
-    while at < plan.floor_bytes {
-        let n = zeros.len().min((plan.floor_bytes - at) as usize);
-        std::os::unix::fs::FileExt::write_all_at(&file, &zeros[..n], at).expect("floor zeros");
-        at += n as u64;
-    }
+    let file = zeroed_file(&path, plan.floor_bytes as usize, &vec![0u8; 2 << 20]);
     // SAFETY: a private file this process just created; nothing else maps or truncates it.
     let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map floor");
-    // Huge pages where the file system offers them, as the journal's own segments get.
+    // Huge pages where the file system offers them, as `Config::huge_pages` segments get.
     let _ = map.advise(memmap2::Advice::HugePage);
     map.fill(0); // pre-fault every page for writing
     let data = vec![0xA5u8; payload];
@@ -403,22 +412,7 @@ fn print_provision_floor(root: &Path, plan: Plan, payload: usize, floors: Option
     let zeros = vec![0u8; 256 * 1024];
     let start = Instant::now();
     for i in 0..segments {
-        let path = root.join(format!("provision-{i}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("provision file");
-        file.set_len(size as u64).expect("provision size");
-        let mut at = 0;
-        while at < size {
-            let n = zeros.len().min(size - at);
-            std::os::unix::fs::FileExt::write_all_at(&file, &zeros[..n], at as u64)
-                .expect("provision zeros");
-            at += n;
-        }
+        let file = zeroed_file(&root.join(format!("provision-{i}")), size, &zeros);
         // SAFETY: a private file this process just created; nothing else maps or truncates it.
         let map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map provision");
         if map.advise(memmap2::Advice::PopulateWrite).is_err() {

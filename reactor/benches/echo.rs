@@ -516,9 +516,8 @@ fn echo_latency(addr: SocketAddr, s: &Settings) -> EchoRound {
     }
 }
 
-fn frame_len() -> usize {
-    4 + PAYLOAD
-}
+/// Bytes of one echo frame: the length prefix and the payload.
+const FRAME: usize = 4 + PAYLOAD;
 
 /// Fixed-rate echo from one polling thread. A frame is sent as soon as its intended time
 /// has come (several at once if the thread fell behind), replies are read as they arrive,
@@ -537,13 +536,12 @@ fn echo_latency_spinning(addr: SocketAddr, s: &Settings) -> EchoRound {
     let mut inbuf = vec![0u8; 64 * 1024];
     let (mut have, mut sent, mut received) = (0usize, 0u64, 0u64);
     let deadline = epoch + Duration::from_secs_f64(s.warmup_secs + s.latency_secs + 30.0);
+    while Instant::now() < epoch {
+        std::hint::spin_loop();
+    }
     while received < total {
-        let now = if Instant::now() > epoch {
-            nanos_since(epoch)
-        } else {
-            0
-        };
-        while sent < total && sent * interval <= now && Instant::now() > epoch {
+        let now = nanos_since(epoch);
+        while sent < total && sent * interval <= now {
             let intended = sent * interval;
             out.extend_from_slice(&(PAYLOAD as u32).to_le_bytes());
             out.extend_from_slice(&sent.to_le_bytes());
@@ -570,8 +568,8 @@ fn echo_latency_spinning(addr: SocketAddr, s: &Settings) -> EchoRound {
         }
         let arrived = nanos_since(epoch);
         let mut at = 0;
-        while have - at >= frame_len() {
-            let frame = &inbuf[at..at + frame_len()];
+        while have - at >= FRAME {
+            let frame = &inbuf[at..at + FRAME];
             let seq = u64::from_le_bytes(frame[4..12].try_into().unwrap());
             assert_eq!(seq, received, "echo out of order");
             let intended = u64::from_le_bytes(frame[12..20].try_into().unwrap());
@@ -579,7 +577,7 @@ fn echo_latency_spinning(addr: SocketAddr, s: &Settings) -> EchoRound {
                 rtt.record(arrived.saturating_sub(intended).max(1)).unwrap();
             }
             received += 1;
-            at += frame_len();
+            at += FRAME;
         }
         inbuf.copy_within(at..have, 0);
         have -= at;
@@ -600,7 +598,7 @@ fn echo_latency_sleeping(addr: SocketAddr, s: &Settings) -> EchoRound {
     let epoch = Instant::now() + Duration::from_millis(20);
     let sender = std::thread::spawn(move || {
         tight_timer_slack();
-        let mut frame = [0u8; 4 + PAYLOAD];
+        let mut frame = [0u8; FRAME];
         frame[..4].copy_from_slice(&(PAYLOAD as u32).to_le_bytes());
         let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
         for seq in 0..total {
@@ -622,7 +620,7 @@ fn echo_latency_sleeping(addr: SocketAddr, s: &Settings) -> EchoRound {
     });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
-    let mut frame = [0u8; 4 + PAYLOAD];
+    let mut frame = [0u8; FRAME];
     for expect in 0..total {
         reader.read_exact(&mut frame).unwrap();
         let now = if Instant::now() > epoch {

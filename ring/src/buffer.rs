@@ -19,6 +19,14 @@ use crate::sync::{mutation, AtomicU64, Ordering, UnsafeCell};
 /// and a reader that finds the stamp takes the batch's end from the cursor.
 pub(crate) const CONTINUES: u64 = 1 << 63;
 
+/// The ordering of a stamp's store: `Release`, so that a reader that acquires the stamp
+/// sees what was written before it (`Relaxed` under the `stamp_relaxed` mutation).
+const STAMP_ORDER: Ordering = if mutation::STAMP_RELAXED {
+    Ordering::Relaxed
+} else {
+    Ordering::Release
+};
+
 /// The layout of a ring's slots: the event alone ([`NoStamp`]) or the event behind its
 /// publication stamp ([`Stamp`]). Sealed (implemented here only).
 #[doc(hidden)]
@@ -167,13 +175,8 @@ impl<E, T: StampCell> Slots<E, T> {
     /// producer has written), before the cursor moves.
     #[inline(always)]
     pub(crate) fn stamp_one(&self, sequence: u64) {
-        let order = if mutation::STAMP_RELAXED {
-            Ordering::Relaxed
-        } else {
-            Ordering::Release
-        };
         // Release: the event written before is visible to a reader that acquires the stamp.
-        T::stamp(self.slot(sequence)).store(sequence + 1, order);
+        T::stamp(self.slot(sequence)).store(sequence + 1, STAMP_ORDER);
     }
 
     /// In a stamped ring, stamps the first slot of a published batch starting at `lo`, with
@@ -184,14 +187,9 @@ impl<E, T: StampCell> Slots<E, T> {
     /// the cursor).
     #[inline(always)]
     pub(crate) fn stamp_batch(&self, lo: u64) {
-        let order = if mutation::STAMP_RELAXED {
-            Ordering::Relaxed
-        } else {
-            Ordering::Release
-        };
         // Release: the batch's events and the cursor store before are visible to a reader
         // that acquires this stamp.
-        T::stamp(self.slot(lo)).store((lo + 1) | CONTINUES, order);
+        T::stamp(self.slot(lo)).store((lo + 1) | CONTINUES, STAMP_ORDER);
     }
 
     /// In a stamped ring, what the stamps say to a reader at `next`, the first slot of a

@@ -48,9 +48,11 @@ pub mod scenarios {
         1000 + s
     }
 
-    /// Two slots, three events published one by one: the producer wraps and must wait for
+    /// Two slots, four events published one by one: the producer wraps and must wait for
     /// the consumer. The consumer must see exactly the events published, in order, each
-    /// with its own sequence (loom checks that every slot read follows its write).
+    /// with its own sequence (loom checks that every slot read follows its write). The
+    /// fourth claim comes after the producer has looked at the consumer once, so a single
+    /// producer that found it behind claims from the cursor (`SingleLocal`'s streaming).
     pub fn wraps_without_overwriting<S: Sequencer>(make: Make<S>) {
         check(3, move || {
             let mut b = make(2).wait_strategy(WaitStrategy::busy_spin());
@@ -58,13 +60,13 @@ pub mod scenarios {
             let (mut producer, mut ring) = b.build().unwrap();
             let mut poller = ring.take_poller(id).unwrap();
             let t = thread::spawn(move || {
-                for s in 0..3 {
+                for s in 0..4 {
                     assert_eq!(producer.publish(|e| *e = value(s)).unwrap(), s);
                 }
             });
             let seen = drain(&mut poller, |_| {});
             t.join().unwrap();
-            let expected: Vec<_> = (0..3).map(|s| (s, value(s))).collect();
+            let expected: Vec<_> = (0..4).map(|s| (s, value(s))).collect();
             assert_eq!(seen, expected);
         });
     }

@@ -454,10 +454,9 @@ impl<E, S: Sequencer> std::fmt::Debug for Producer<E, S> {
 /// One claimed slot; derefs to the event and publishes it when dropped.
 ///
 /// Forgetting a claim (`mem::forget`) never publishes it: in a multi-producer ring stages
-/// wait on that gap forever; in a single-producer ring the next publish moves the cursor
-/// past it (a debug assertion flags it), though in a stamped ring a stage waiting at the
-/// forgotten slot looks at its stamp, which never comes, and sees the later events only
-/// once it reads the cursor (when the ring closes). None of this is undefined behaviour.
+/// wait on that gap forever; in a single-producer ring the next claim takes the same slot
+/// again, so the forgotten write is overwritten and nothing is skipped. None of this is
+/// undefined behaviour.
 pub struct Claim<'a, E, S: Sequencer> {
     producer: &'a mut Producer<E, S>,
     sequence: u64,

@@ -3,8 +3,10 @@
 //! Both follow the LMAX Disruptor (Thompson, Farley et al., 2011):
 //!
 //! - [`Single`]: one producer, no read-modify-write at all. The producer keeps its next
-//!   sequence and a cached copy of the slowest gating stage in its own memory, refreshing
-//!   the cache only when the ring looks full; publishing is one Release store of the cursor.
+//!   sequence (or, while it streams ahead of the stages, reads it back from the cursor it
+//!   alone writes) and a cached copy of the slowest gating stage in its own memory,
+//!   refreshing the cache only when the ring looks full; publishing is one Release store of
+//!   the cursor.
 //! - [`Stamped`]: [`Single`], and each slot carries a stamp in the event's cache line. A single
 //!   event's slot is stamped (Release) before the cursor moves, a batch's first slot after.
 //!   A waiting stage gated only on the producer finds the next event by its stamp, and a
@@ -121,19 +123,67 @@ fn wait_for_room(
 #[derive(Debug)]
 pub struct Single<T = NoStamp> {
     capacity: u64,
-    /// Published count: events `0 .. cursor` are visible. Written only by the producer.
+    /// Published count: events `0 .. cursor` are visible. Written only by the producer,
+    /// and also its next sequence to claim (see [`SingleLocal`]).
     cursor: Sequence,
     slots: PhantomData<fn() -> T>,
 }
 
 /// The single producer's private state.
+///
+/// The next claim always starts where the last publish ended (a claim borrows the producer
+/// until it is published), so the producer can find it in two places: its own copy `next`,
+/// or the cursor it alone writes. Which is cheaper depends on what the stages are doing,
+/// and the producer picks again each time it looks at them (once a lap or when the ring is
+/// full):
+///
+/// - **Handing events to waiting stages** (less than `STREAM_LAG`, 64 events, behind): the
+///   stages read the cursor after every publish, which takes its line from the producer's
+///   cache, so reading it back would wait for the line (about 50 ns a publish in the
+///   ping-pong bench). The producer keeps its own copy: one store more per publish.
+/// - **Streaming ahead of them** (a backlog of 64 events or more): the stages read
+///   the cursor once per batch, the load is served from the producer's own pending store,
+///   and the copy's store is the one to save. Stores bound such a producer: each slot line
+///   it writes again must first be taken back from the stage's cache, the stores queued
+///   behind it wait in the store buffer, and two stores a publish instead of three leave
+///   room for half as many publishes again in flight (`unicast_1p1c` in BENCHMARKS.md).
 #[derive(Debug)]
 pub struct SingleLocal {
-    /// Next sequence to claim; `cursor <= next <= cursor + capacity`.
+    /// The next sequence to claim, kept while not `streaming`.
     next: u64,
     /// A gating minimum seen earlier plus the capacity: claims that end at or below it
     /// need no look at the stages (they only move forward, so it stays a safe bound).
     limit: u64,
+    /// Claims start from the cursor instead of `next` (see above).
+    streaming: bool,
+}
+
+/// How far (in events) the slowest gating stage must be behind the producer, when it looks,
+/// for the producer to count as streaming (see [`SingleLocal`]). One under loom, whose
+/// models are too small to build a backlog of 64: there any lag switches the producer to
+/// claiming from the cursor, so the models check both modes.
+pub(crate) const STREAM_LAG: u64 = if cfg!(loom) { 1 } else { 64 };
+
+impl<T> Single<T> {
+    /// The next sequence to claim.
+    #[inline(always)]
+    fn next(&self, local: &SingleLocal) -> u64 {
+        if local.streaming {
+            // Relaxed: the producer is the cursor's only writer and always sees its own
+            // latest store.
+            self.cursor.get_relaxed()
+        } else {
+            local.next
+        }
+    }
+
+    /// After a look at the stages found the slowest at `min`, with the next claim at
+    /// `start`: picks where claims start from until the next look.
+    #[inline]
+    fn looked(local: &mut SingleLocal, start: u64, min: u64) {
+        local.streaming = start.saturating_sub(min) >= STREAM_LAG;
+        local.next = start;
+    }
 }
 
 impl<T> sealed::Sealed for Single<T> {}
@@ -144,12 +194,11 @@ impl<T: StampCell> Sequencer for Single<T> {
 
     #[inline(always)]
     fn claim_known(&self, local: &mut SingleLocal, n: u64) -> Option<u64> {
-        let start = local.next;
+        let start = self.next(local);
         let end = start + n;
         if end > local.limit {
             return None;
         }
-        local.next = end;
         Some(start)
     }
 
@@ -165,21 +214,22 @@ impl<T: StampCell> Sequencer for Single<T> {
         SingleLocal {
             next: self.cursor.get_relaxed(),
             limit: self.capacity,
+            streaming: false,
         }
     }
 
     #[inline(always)]
     fn try_claim(&self, local: &mut SingleLocal, n: u64, gating: &[Arc<Sequence>]) -> Option<u64> {
-        let start = local.next;
+        let start = self.next(local);
         let end = start + n;
         if end > local.limit {
             let min = minimum(gating, u64::MAX);
+            Self::looked(local, start, min);
             local.limit = min.saturating_add(self.capacity);
             if end > local.limit {
                 return None;
             }
         }
-        local.next = end;
         Some(start)
     }
 
@@ -191,18 +241,18 @@ impl<T: StampCell> Sequencer for Single<T> {
         gating: &[Arc<Sequence>],
         wait: impl FnMut(u64) -> bool,
     ) -> Option<u64> {
-        let start = local.next;
+        let start = self.next(local);
         let end = start + n;
         if end > local.limit {
-            local.limit =
-                wait_for_room(end, self.capacity, gating, wait)?.saturating_add(self.capacity);
+            let min = wait_for_room(end, self.capacity, gating, wait)?;
+            Self::looked(local, start, min);
+            local.limit = min.saturating_add(self.capacity);
         }
-        local.next = end;
         Some(start)
     }
 
     #[inline(always)]
-    fn publish(&self, _local: &mut SingleLocal, lo: u64, hi: u64) {
+    fn publish(&self, local: &mut SingleLocal, lo: u64, hi: u64) {
         debug_assert_eq!(
             lo,
             self.cursor.get_relaxed(),
@@ -216,6 +266,10 @@ impl<T: StampCell> Sequencer for Single<T> {
         // Release (inside `Sequence::set`): the slot writes before this store are visible to
         // any stage that acquires the new cursor.
         self.cursor.set(hi);
+        // Advanced on publish, not on claim: a forgotten claim is claimed again.
+        if !local.streaming {
+            local.next = hi;
+        }
     }
 
     #[inline(always)]
@@ -354,5 +408,76 @@ impl Sequencer for Multi {
     #[inline]
     fn claimed(&self) -> u64 {
         self.claim.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Claims one slot as a producer does: from what it knows, else after a look.
+    fn claim_one(s: &Single, local: &mut SingleLocal, gating: &[Arc<Sequence>]) -> u64 {
+        s.claim_known(local, 1)
+            .or_else(|| s.try_claim(local, 1, gating))
+            .expect("room")
+    }
+
+    /// Claims and publishes one event; returns its sequence.
+    fn publish_one(s: &Single, local: &mut SingleLocal, gating: &[Arc<Sequence>]) -> u64 {
+        let start = claim_one(s, local, gating);
+        s.publish(local, start, start + 1);
+        start
+    }
+
+    #[test]
+    fn a_producer_claims_from_the_cursor_only_while_it_streams_ahead_of_its_stages() {
+        let s: Single = Single::new(256);
+        let stage = Arc::new(Sequence::new(0));
+        let gating = [Arc::clone(&stage)];
+        let mut local = s.new_local();
+        let mut next = 0;
+        let mut run = |local: &mut SingleLocal, events: u64, lag: u64| {
+            for _ in 0..events {
+                assert_eq!(publish_one(&s, local, &gating), next, "consecutive claims");
+                next += 1;
+                stage.set(next.saturating_sub(lag).max(stage.get_relaxed()));
+            }
+        };
+        // The stage handles each event as it comes: the producer keeps its own copy.
+        run(&mut local, 1000, 0);
+        assert!(!local.streaming);
+        // The stage stays 100 events behind: claims come from the cursor.
+        run(&mut local, 1000, 100);
+        assert!(local.streaming);
+        // Caught up again: back to the copy, which carries on from the cursor.
+        run(&mut local, 1000, 0);
+        assert!(!local.streaming);
+        assert_eq!(s.claimed(), 3000);
+    }
+
+    #[test]
+    fn a_claim_never_published_is_claimed_again_in_either_mode() {
+        for lag in [0, STREAM_LAG * 2] {
+            let s: Single = Single::new(256);
+            let stage = Arc::new(Sequence::new(0));
+            let gating = [Arc::clone(&stage)];
+            let mut local = s.new_local();
+            for i in 0..1000 {
+                assert_eq!(publish_one(&s, &mut local, &gating), i);
+                stage.set((i + 1).saturating_sub(lag));
+            }
+            assert_eq!(local.streaming, lag > 0);
+            assert_eq!(
+                claim_one(&s, &mut local, &gating),
+                1000,
+                "claimed, not published"
+            );
+            assert_eq!(
+                publish_one(&s, &mut local, &gating),
+                1000,
+                "the same slot again"
+            );
+            assert_eq!(s.claimed(), 1001);
+        }
     }
 }

@@ -37,6 +37,40 @@ fn wraps_around_a_small_ring_many_times() {
     assert!(g.1, "values and order held across wrap-around");
 }
 
+/// A single producer's next claim starts at its cursor, so a claim that is forgotten
+/// instead of published is claimed again: its slot is written over and no event is skipped
+/// or delivered twice, in the classic ring and the stamped one.
+#[test]
+fn a_forgotten_claim_is_claimed_again_and_nothing_is_skipped() {
+    fn check<S: peregrine_ring::Sequencer>(b: peregrine_ring::RingBuilder<u64, S>) {
+        let mut b = b;
+        let id = b.poller("p").add().unwrap();
+        let (mut p, mut ring) = b.build().unwrap();
+        let mut poller = ring.take_poller(id).unwrap();
+        p.publish(|e| *e = 10).unwrap();
+        let mut claim = p.claim().unwrap();
+        assert_eq!(claim.sequence(), 1);
+        *claim = 99;
+        std::mem::forget(claim);
+        assert_eq!(
+            poller.poll(|_, _, _| {}),
+            PollState::Events(1),
+            "only the first"
+        );
+        assert_eq!(p.publish(|e| *e = 11), Ok(1), "the forgotten slot again");
+        p.publish_batch(2, |e, s| *e = 10 + s).unwrap();
+        let mut seen = Vec::new();
+        assert_eq!(
+            poller.poll(|e, s, _| seen.push((s, *e))),
+            PollState::Events(3)
+        );
+        assert_eq!(seen, [(1, 11), (2, 12), (3, 13)]);
+        assert_eq!(p.remaining_capacity(), 4);
+    }
+    check(single_producer(4, || 0u64).unwrap());
+    check(peregrine_ring::single_producer_stamped(4, || 0u64).unwrap());
+}
+
 #[test]
 fn try_publish_reports_full_and_never_blocks() {
     let mut b = single_producer(4, || 0u64).unwrap();

@@ -382,6 +382,7 @@ fn every_strategy_reaches_the_timeout_hook() {
         WaitStrategy::phased_for(Duration::from_micros(50), Duration::from_micros(50)),
         WaitStrategy::sleeping_for(Duration::from_micros(200)),
         WaitStrategy::yielding(),
+        WaitStrategy::yielding_after(100),
         WaitStrategy::busy_spin(),
     ] {
         let timeouts = Arc::new(AtomicUsize::new(0));

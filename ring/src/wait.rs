@@ -81,8 +81,9 @@ impl WaitStrategy {
     /// Meant for more busy threads than cores, where a spin only holds a core that the
     /// thread being waited for may need: 4 threads on 2 cores ran pipeline, multicast and
     /// diamond rings 1.2x to 1.4x faster than with 100 pause hints before the first yield
-    /// (about 1 µs here), and shorter spins (4 or 10 hints) cost throughput there too. A
-    /// yield with nothing else to run returns at once (160 ns here).
+    /// (about 1 µs on the machine of BENCHMARKS.md), and shorter spins (4 or 10 hints)
+    /// cost throughput there too. A yield with nothing else to run returns at once (160 ns
+    /// there).
     pub const fn yielding() -> Self {
         Self::yielding_after(0)
     }

@@ -113,9 +113,12 @@ fn halt_stops_at_the_first_failure_and_releases_the_producer() {
         assert!(failure.contains("bad event 999"), "{failure}");
         let prefix: Vec<u64> = (0..out.downstream.len() as u64).collect();
         assert_eq!(out.downstream, prefix, "downstream saw a prefix, in order");
+        // The failing batch is never committed, so the stage after sees the batches
+        // before it: at most 0..=998, all of them when the failing batch starts at 999
+        // (which batch boundaries allow, depending on timing).
         assert!(
-            out.downstream.len() < 999,
-            "nothing after the failing batch passed"
+            out.downstream.len() <= 999,
+            "nothing from the failing event on passed"
         );
         assert_eq!(out.failures_counted, 1);
     }

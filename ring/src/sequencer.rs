@@ -178,9 +178,10 @@ impl<T> Single<T> {
     }
 
     /// After a look at the stages found the slowest at `min`, with the next claim at
-    /// `start`: picks where claims start from until the next look.
+    /// `start`: the new bound on claims, and where claims start from until the next look.
     #[inline]
-    fn looked(local: &mut SingleLocal, start: u64, min: u64) {
+    fn looked(&self, local: &mut SingleLocal, start: u64, min: u64) {
+        local.limit = min.saturating_add(self.capacity);
         local.streaming = start.saturating_sub(min) >= STREAM_LAG;
         local.next = start;
     }
@@ -223,9 +224,7 @@ impl<T: StampCell> Sequencer for Single<T> {
         let start = self.next(local);
         let end = start + n;
         if end > local.limit {
-            let min = minimum(gating, u64::MAX);
-            Self::looked(local, start, min);
-            local.limit = min.saturating_add(self.capacity);
+            self.looked(local, start, minimum(gating, u64::MAX));
             if end > local.limit {
                 return None;
             }
@@ -245,8 +244,7 @@ impl<T: StampCell> Sequencer for Single<T> {
         let end = start + n;
         if end > local.limit {
             let min = wait_for_room(end, self.capacity, gating, wait)?;
-            Self::looked(local, start, min);
-            local.limit = min.saturating_add(self.capacity);
+            self.looked(local, start, min);
         }
         Some(start)
     }

@@ -142,5 +142,7 @@ mod retention;
 pub use appender::{Appender, Config, Durability, Pretouch, RecoveryReport, MAX_PREPARE_AHEAD};
 pub use cursor::Cursor;
 pub use error::{AppendError, CommitError, CursorError, OpenError, ReadError, RetentionError};
-pub use reader::{verify, Reader, Record, Tailer, TailerWait, VerifyReport};
+pub use reader::{
+    verify, verify_with_progress, Reader, Record, Tailer, TailerWait, VerifyProgress, VerifyReport,
+};
 pub use retention::{Retention, RetentionAction, RetentionReport};

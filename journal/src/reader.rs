@@ -199,6 +199,47 @@ impl Reader {
         Ok(())
     }
 
+    /// Positions the reader after the last record committed now, so that the next record
+    /// it returns is the first one appended after this call; returns that record's
+    /// sequence. Reads only the end of the last segment (from its last sparse-index entry),
+    /// however long the journal is. A journal with no segment yet positions at sequence 0.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = std::env::temp_dir().join(format!("peregrine-doc-seek-end-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// use peregrine_journal::{Appender, Config, Reader};
+    ///
+    /// let (mut appender, _) = Appender::open(&dir, Config::default().segment_size(64 * 1024))?;
+    /// for i in 0..10_000u64 {
+    ///     appender.append(&i.to_le_bytes())?;
+    /// }
+    /// let mut reader = Reader::open(&dir)?;
+    /// assert_eq!(reader.seek_end()?, 10_000);
+    /// assert!(reader.next()?.is_none());
+    /// appender.append(b"new")?;
+    /// assert_eq!(reader.next()?.map(|r| r.sequence()), Some(10_000));
+    /// # drop(appender);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`next`](Reader::next), for the records between the last index entry and the end.
+    pub fn seek_end(&mut self) -> Result<u64, ReadError> {
+        self.current = None;
+        self.peeked = None;
+        self.skip_below = 0;
+        if !self.open_for(u64::MAX)? {
+            self.sequence = 0;
+            return Ok(0);
+        }
+        while self.advance()?.is_some() {}
+        Ok(self.sequence)
+    }
+
     /// The sequence of the next record this reader returns.
     pub fn position(&self) -> u64 {
         match self.peeked {
@@ -522,17 +563,73 @@ pub struct VerifyReport {
     pub next_sequence: u64,
 }
 
+/// How far [`verify_with_progress`] has got, reported after each segment it has checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyProgress {
+    /// Segments checked so far (1 after the first).
+    pub segments_done: usize,
+    /// Segments to check in all.
+    pub segments: usize,
+    /// Records checked so far.
+    pub records: u64,
+    /// Bytes of the records checked so far, headers included, padding excluded.
+    pub record_bytes: u64,
+    /// Bytes of the segment files checked so far (what a scan reads).
+    pub segment_bytes: u64,
+    /// Bytes of all the segment files.
+    pub total_segment_bytes: u64,
+}
+
 /// Checks every record of every segment: headers, contiguous segment indices and sequences,
 /// each record's bounds, sequence and CRC32C, and that every segment but the last is sealed.
 /// When no appender holds the journal, also checks that the last segment has no torn tail
 /// left to recover (garbage after its last record). Reads only; repairs nothing (opening an
 /// [`Appender`](crate::Appender) repairs a torn tail).
 ///
+/// [`verify_with_progress`] does the same and reports after each segment.
+///
 /// # Errors
 ///
 /// The first problem found, as [`OpenError::Corrupt`] or [`OpenError::BadHeader`] naming the
 /// segment and offset, or the errors of [`Reader::open`].
 pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
+    verify_with_progress(dir, |_| {})
+}
+
+/// [`verify`], calling `progress` after each segment it has checked (a scan reads every
+/// byte of every segment, which takes seconds per ten gigabytes).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = std::env::temp_dir().join(format!("peregrine-doc-verify-{}", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// use peregrine_journal::{verify_with_progress, Appender, Config};
+///
+/// let (mut appender, _) = Appender::open(&dir, Config::default().segment_size(64 * 1024))?;
+/// for i in 0..10_000u64 {
+///     appender.append(&i.to_le_bytes())?;
+/// }
+/// let mut seen = Vec::new();
+/// let report = verify_with_progress(&dir, |p| seen.push((p.segments_done, p.segments)))?;
+/// assert_eq!(report.records, 10_000);
+/// // Once per segment, the last report after the last segment.
+/// assert_eq!(seen.len(), report.segments);
+/// assert_eq!(seen.last(), Some(&(report.segments, report.segments)));
+/// # drop(appender);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// As [`verify`]; `progress` has then been called for the segments checked before the one
+/// with the problem.
+pub fn verify_with_progress(
+    dir: impl AsRef<Path>,
+    mut progress: impl FnMut(&VerifyProgress),
+) -> Result<VerifyReport, OpenError> {
     let dir = dir.as_ref();
     let writer_active = catalog::appender_active(dir);
     let listing = catalog::list(dir)?;
@@ -543,6 +640,14 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
     let mut expected = listing.segments.first().map(|s| s.header.base_sequence);
     report.first_sequence = expected.unwrap_or(0);
     let last = listing.segments.len().saturating_sub(1);
+    let mut done = VerifyProgress {
+        segments_done: 0,
+        segments: listing.segments.len(),
+        records: 0,
+        record_bytes: 0,
+        segment_bytes: 0,
+        total_segment_bytes: listing.segments.iter().map(|s| s.header.segment_size).sum(),
+    };
     for (i, entry) in listing.segments.iter().enumerate() {
         let Some(segment) = OpenSegment::open(entry.path.clone())? else {
             return Err(OpenError::Io {
@@ -606,6 +711,11 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, OpenError> {
             }
         }
         expected = Some(end.sequence);
+        done.segments_done = i + 1;
+        done.records = report.records;
+        done.record_bytes = report.record_bytes;
+        done.segment_bytes += bytes.len() as u64;
+        progress(&done);
     }
     report.next_sequence = expected.unwrap_or(0);
     Ok(report)

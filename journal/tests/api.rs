@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{pattern, small_config, TempDir};
 use peregrine_journal::{
-    verify, AppendError, Appender, CommitError, Config, Cursor, Durability, OpenError, Pretouch,
-    ReadError, Reader, Retention, Tailer, TailerWait,
+    verify, verify_with_progress, AppendError, Appender, CommitError, Config, Cursor, Durability,
+    OpenError, Pretouch, ReadError, Reader, Retention, Tailer, TailerWait, VerifyProgress,
 };
 
 fn read_all(dir: &std::path::Path, from: u64) -> Vec<(u64, Vec<u8>)> {
@@ -177,6 +177,89 @@ fn segment_roll_and_seek_everywhere() {
     let report = verify(dir.path()).unwrap();
     assert_eq!(report.records, 5001);
     assert_eq!(report.segments as u64, appender.segment_index() + 1);
+}
+
+#[test]
+fn verify_reports_progress_after_each_segment_and_stops_at_corruption() {
+    let dir = TempDir::new("verify-progress");
+    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    for s in 0..5000 {
+        appender.append(&pattern(s)).unwrap();
+    }
+    drop(appender);
+    let mut seen: Vec<VerifyProgress> = Vec::new();
+    let report = verify_with_progress(dir.path(), |p| seen.push(*p)).unwrap();
+    assert!(report.segments >= 5, "rolled several times");
+    assert_eq!(seen.len(), report.segments);
+    for (i, p) in seen.iter().enumerate() {
+        assert_eq!((p.segments_done, p.segments), (i + 1, report.segments));
+        assert_eq!(p.total_segment_bytes, report.segments as u64 * 64 * 1024);
+        assert_eq!(p.segment_bytes, (i as u64 + 1) * 64 * 1024);
+        if i > 0 {
+            assert!(p.records > seen[i - 1].records, "{p:?}");
+            assert!(p.record_bytes > seen[i - 1].record_bytes, "{p:?}");
+        }
+    }
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (last.records, last.record_bytes),
+        (report.records, report.record_bytes)
+    );
+    assert_eq!(report, verify(dir.path()).unwrap());
+
+    // Flip a byte inside the records of the third segment: the two before it were reported,
+    // then the error names the third.
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    names.sort();
+    let third = &names[2];
+    let mut bytes = std::fs::read(third).unwrap();
+    let at = bytes.len() - 4096;
+    bytes[at] ^= 0x40;
+    std::fs::write(third, &bytes).unwrap();
+    seen.clear();
+    let err = verify_with_progress(dir.path(), |p| seen.push(*p)).unwrap_err();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(err.to_string().contains(&*third.to_string_lossy()), "{err}");
+}
+
+#[test]
+fn seek_end_reads_only_what_follows() {
+    let dir = TempDir::new("seek-end");
+    let mut reader = Reader::open(dir.path()).unwrap();
+    assert_eq!(reader.seek_end().unwrap(), 0, "no segment yet");
+    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
+    for end in [1u64, 700, 701, 5000] {
+        while appender.next_sequence() < end {
+            let s = appender.next_sequence();
+            appender.append(&pattern(s)).unwrap();
+        }
+        let mut reader = Reader::open(dir.path()).unwrap();
+        reader.seek(3).unwrap_or(());
+        assert_eq!(reader.seek_end().unwrap(), end);
+        assert_eq!(reader.position(), end);
+        assert!(reader.next().unwrap().is_none());
+        appender.append(&pattern(end)).unwrap();
+        let record = reader.next().unwrap().unwrap();
+        assert_eq!(record.sequence(), end);
+        assert_eq!(record.payload(), &pattern(end)[..]);
+    }
+    // The reader opened before the first segment follows from the start.
+    assert_eq!(reader.next().unwrap().unwrap().sequence(), 0);
+
+    // Only the end is read: a damaged record in the first segment does not stop it (a
+    // scan from the start would fail there).
+    let first = dir.path().join(format!("{:020}.seg", 0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    let at = bytes.len() - 4096;
+    bytes[at] ^= 0x40;
+    std::fs::write(&first, &bytes).unwrap();
+    assert!(verify(dir.path()).is_err());
+    let mut reader = Reader::open(dir.path()).unwrap();
+    assert_eq!(reader.seek_end().unwrap(), 5001);
 }
 
 #[test]

@@ -138,3 +138,84 @@ fn the_quick_bench_runs() {
     assert!(text.contains("ring 1P1C batch-100"), "{text}");
     assert!(text.contains("journal 64 B append"), "{text}");
 }
+
+#[test]
+fn verify_shows_progress_on_stderr_when_asked() {
+    let dir = journal_with("progress", 5000);
+    let out = tool()
+        .args(["journal", "verify", "--progress"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    let last = err.lines().last().expect("a progress line");
+    assert!(last.starts_with("verified "), "{err}");
+    let (done, rest) = last["verified ".len()..].split_once(' ').unwrap();
+    let (done, total) = done.split_once('/').unwrap();
+    assert_eq!(
+        done, total,
+        "the last update is after the last segment: {err}"
+    );
+    assert!(total.parse::<usize>().unwrap() > 1, "{err}");
+    assert!(rest.contains("5000 record(s)"), "{err}");
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("5000 record(s)"));
+
+    // Not a terminal and not asked: stderr stays empty (output for scripts).
+    let out = tool()
+        .args(["journal", "stats"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tail_without_from_starts_after_the_last_record() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = journal_with("tail-end", 3000);
+    let mut child = tool()
+        .args(["journal", "tail", "--json", "--idle-exit-ms", "1500"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
+    });
+    // Appends keep coming until well after the tool has started, so it sees some of them
+    // whenever it reaches the end.
+    let (mut a, _) = Appender::open(&dir, Config::default().segment_size(64 * 1024)).unwrap();
+    for i in 3000..3040u64 {
+        a.append(&i.to_le_bytes()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    drop(a);
+    assert!(child.wait().unwrap().success());
+    let lines = lines.join().unwrap();
+    let sequences: Vec<u64> = lines
+        .iter()
+        .map(|l| {
+            let rest = l.strip_prefix("{\"sequence\":").expect("a JSON line");
+            rest[..rest.find(',').unwrap()].parse().unwrap()
+        })
+        .collect();
+    assert!(!sequences.is_empty(), "the records appended after start");
+    assert!(
+        sequences[0] >= 3000,
+        "nothing from before the start: {lines:?}"
+    );
+    assert_eq!(*sequences.last().unwrap(), 3039);
+    assert!(sequences.windows(2).all(|w| w[1] == w[0] + 1), "{lines:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

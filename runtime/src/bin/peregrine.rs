@@ -1,22 +1,26 @@
 //! `peregrine`: inspect journals and run the quick benchmark suite.
 //!
 //! ```text
-//! peregrine journal verify DIR          check every record of every segment
+//! peregrine journal verify DIR [--progress]   check every record of every segment
 //! peregrine journal dump DIR [--from N] [--limit N] [--json]
 //! peregrine journal tail DIR [--from N] [--json] [--idle-exit-ms MS]
-//! peregrine journal stats DIR
+//! peregrine journal stats DIR [--progress]
 //! peregrine bench [--quick]             in-process ring and journal benchmarks
 //! ```
 //!
-//! Errors are one line on stderr and a non-zero exit status.
+//! Errors are one line on stderr and a non-zero exit status. `verify` and `stats` read every
+//! segment; they show how far they have got on stderr when it is a terminal (or with
+//! `--progress`).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use peregrine::journal::{verify, Appender, Config, Reader, Record, Tailer};
+use peregrine::journal::{
+    verify_with_progress, Appender, Config, Reader, Record, Tailer, VerifyProgress, VerifyReport,
+};
 use peregrine::ring::{single_producer, WaitStrategy};
 use peregrine::signals::ShutdownSignal;
 
@@ -52,6 +56,9 @@ enum JournalCommand {
     Verify {
         /// The journal directory.
         dir: PathBuf,
+        /// Show progress on stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
     },
     /// Prints records, as text or JSON lines.
     Dump {
@@ -85,6 +92,9 @@ enum JournalCommand {
     Stats {
         /// The journal directory.
         dir: PathBuf,
+        /// Show progress on stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
     },
 }
 
@@ -129,16 +139,16 @@ fn run(cli: Cli) -> Result<(), String> {
     let mut out = stdout.lock();
     match cli.command {
         Command::Journal { command } => match command {
-            JournalCommand::Verify { dir }
-            | JournalCommand::Stats { dir }
+            JournalCommand::Verify { dir, .. }
+            | JournalCommand::Stats { dir, .. }
             | JournalCommand::Dump { dir, .. }
             | JournalCommand::Tail { dir, .. }
                 if !dir.is_dir() =>
             {
                 existing(&dir)?;
             }
-            JournalCommand::Verify { dir } => {
-                let r = verify(&dir).map_err(|e| e.to_string())?;
+            JournalCommand::Verify { dir, progress } => {
+                let r = verify_shown(&dir, progress)?;
                 writeln!(
                     out,
                     "ok: {} segment(s), {} record(s), {} bytes, sequences {}..{}",
@@ -146,8 +156,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 )
                 .map_err(|e| e.to_string())?;
             }
-            JournalCommand::Stats { dir } => {
-                let r = verify(&dir).map_err(|e| e.to_string())?;
+            JournalCommand::Stats { dir, progress } => {
+                let r = verify_shown(&dir, progress)?;
                 let mean = if r.records == 0 {
                     0.0
                 } else {
@@ -186,11 +196,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 idle_exit_ms,
             } => {
                 let signal = ShutdownSignal::install().map_err(|e| e.to_string())?;
-                let start = match from {
-                    Some(s) => s,
-                    None => verify(&dir).map_err(|e| e.to_string())?.next_sequence,
-                };
-                let mut tailer = Tailer::open(&dir, start).map_err(|e| e.to_string())?;
+                let mut reader = Reader::open(&dir).map_err(|e| e.to_string())?;
+                match from {
+                    Some(s) => reader.seek(s).map_err(|e| e.to_string())?,
+                    // Only the end of the last segment is read, however long the journal.
+                    None => drop(reader.seek_end().map_err(|e| e.to_string())?),
+                }
+                let mut tailer = Tailer::from_reader(reader);
                 let mut idle_since = Instant::now();
                 while !signal.requested() {
                     match tailer
@@ -216,6 +228,45 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench { quick } => bench(&mut out, quick).map_err(|e| e.to_string())?,
     }
     Ok(())
+}
+
+/// [`verify_with_progress`], showing progress on stderr when `forced` or when stderr is a
+/// terminal: at most five updates a second, and one after the last segment.
+fn verify_shown(dir: &std::path::Path, forced: bool) -> Result<VerifyReport, String> {
+    let stderr = std::io::stderr();
+    let terminal = stderr.is_terminal();
+    let shown = forced || terminal;
+    let started = Instant::now();
+    let mut last: Option<Instant> = None;
+    let result = verify_with_progress(dir, |p: &VerifyProgress| {
+        let finished = p.segments_done == p.segments;
+        if !shown || (!finished && last.is_some_and(|t| t.elapsed() < Duration::from_millis(200))) {
+            return;
+        }
+        last = Some(Instant::now());
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let line = format!(
+            "verified {}/{} segment(s), {} record(s), {:.1} of {:.1} MiB in {:.1} s",
+            p.segments_done,
+            p.segments,
+            p.records,
+            mib(p.segment_bytes),
+            mib(p.total_segment_bytes),
+            started.elapsed().as_secs_f64()
+        );
+        // A terminal gets one line rewritten in place; a log gets a line per update.
+        let mut err = stderr.lock();
+        let _ = match (terminal, finished) {
+            (true, false) => write!(err, "\r{line}"),
+            (true, true) => writeln!(err, "\r{line}"),
+            (false, _) => writeln!(err, "{line}"),
+        };
+    });
+    if terminal && last.is_some() && result.is_err() {
+        // End the line rewritten in place, so the error starts a line of its own.
+        eprintln!();
+    }
+    result.map_err(|e| e.to_string())
 }
 
 /// The in-process quick suite: each figure next to a floor measured in the same run.

@@ -331,6 +331,17 @@ pub struct Pipeline {
     on_failure: OnFailure,
     stop_timeout: Duration,
     layout: Layout,
+    recovery_progress: Option<ProgressHook>,
+}
+
+/// The hook of [`Pipeline::on_recovery_progress`].
+#[derive(Clone)]
+struct ProgressHook(Arc<dyn Fn(&RecoveryProgress) + Send + Sync>);
+
+impl fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProgressHook")
+    }
 }
 
 impl Pipeline {
@@ -357,7 +368,36 @@ impl Pipeline {
             on_failure: OnFailure::Halt,
             stop_timeout: Duration::from_secs(30),
             layout: Layout::Auto,
+            recovery_progress: None,
         }
+    }
+
+    /// Calls `report` while recovery replays the journal (in [`start`](Self::start) and
+    /// [`recover`](Self::recover)): at most ten times a second, and once more when the
+    /// replay has ended (with [`RecoveryProgress::done`] set), so that a restart over a long
+    /// journal can show how far it has got. `report` runs on the replaying thread: keep it
+    /// short.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = std::env::temp_dir().join(format!("peregrine-doc-progress-{}", std::process::id()));
+    /// use peregrine::pipeline::Pipeline;
+    ///
+    /// let pipeline = Pipeline::new(&dir).on_recovery_progress(|p| {
+    ///     let share = p.next_sequence as f64 / p.end_sequence.max(1) as f64;
+    ///     eprintln!("recovery: {} records replayed ({:.0}%)", p.replayed, 100.0 * share);
+    /// });
+    /// # let _ = pipeline;
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_recovery_progress(
+        mut self,
+        report: impl Fn(&RecoveryProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.recovery_progress = Some(ProgressHook(Arc::new(report)));
+        self
     }
 
     /// Listens on `addr` (port 0 picks a free port).
@@ -548,6 +588,7 @@ impl Pipeline {
             &snapshots,
             initial,
             self.on_failure,
+            self.recovery_progress.as_ref(),
         )?)
     }
 
@@ -834,14 +875,84 @@ fn apply_caught<L: Logic>(
 /// thread applies the commands in order. Reading and decoding overlap applying, so a
 /// replay runs at the speed of the slower half instead of the sum of both. A process
 /// allowed only one core replays on this thread alone. A record whose decode or apply
-/// panics is handled as `policy` handled it live.
+/// panics is handled as `policy` handled it live. `hook` hears how far it has got.
 fn replay_into<L: Logic>(
     journal: &Path,
     snapshots: &SnapshotStore,
     initial: impl FnOnce() -> L,
     policy: OnFailure,
+    hook: Option<&ProgressHook>,
 ) -> Result<Recovered<L>, RecoverError> {
-    let (mut state, from) = load_latest(snapshots, initial)?;
+    let started = Instant::now();
+    let (state, from) = load_latest(snapshots, initial)?;
+    let mut progress = Progress {
+        hook,
+        started,
+        last: started,
+        snapshot: from,
+        end_sequence: from.unwrap_or(0),
+    };
+    if hook.is_some() && journal.exists() {
+        // Only the end of the last segment is read.
+        progress.end_sequence = Reader::open(journal)?.seek_end()?;
+    }
+    let recovered = replay_records(journal, state, from, policy, &mut progress)?;
+    progress.report(recovered.replayed, recovered.next_sequence, true);
+    Ok(recovered)
+}
+
+/// Reports recovery's progress to a [`ProgressHook`], at most ten times a second.
+struct Progress<'a> {
+    hook: Option<&'a ProgressHook>,
+    started: Instant,
+    last: Instant,
+    snapshot: Option<u64>,
+    end_sequence: u64,
+}
+
+impl Progress<'_> {
+    /// Records between looks at the clock.
+    const EVERY: u64 = 1 << 16;
+    const INTERVAL: Duration = Duration::from_millis(100);
+
+    /// Called after each record: reports when a tenth of a second has passed.
+    #[inline]
+    fn tick(&mut self, replayed: u64, next_sequence: u64) {
+        if replayed % Self::EVERY == 0 && self.hook.is_some() {
+            self.maybe_report(replayed, next_sequence);
+        }
+    }
+
+    #[cold]
+    fn maybe_report(&mut self, replayed: u64, next_sequence: u64) {
+        if self.last.elapsed() >= Self::INTERVAL {
+            self.report(replayed, next_sequence, false);
+            self.last = Instant::now();
+        }
+    }
+
+    fn report(&self, replayed: u64, next_sequence: u64, done: bool) {
+        if let Some(hook) = self.hook {
+            (hook.0)(&RecoveryProgress {
+                snapshot: self.snapshot,
+                replayed,
+                next_sequence,
+                end_sequence: self.end_sequence.max(next_sequence),
+                elapsed: self.started.elapsed(),
+                done,
+            });
+        }
+    }
+}
+
+/// The journal part of [`replay_into`]: every record from the snapshot's sequence on.
+fn replay_records<L: Logic>(
+    journal: &Path,
+    mut state: L,
+    from: Option<u64>,
+    policy: OnFailure,
+    progress: &mut Progress<'_>,
+) -> Result<Recovered<L>, RecoverError> {
     let mut next_sequence = from.unwrap_or(0);
     let mut replayed = 0;
     if !journal.exists() {
@@ -865,6 +976,7 @@ fn replay_into<L: Logic>(
             }
             next_sequence = record.sequence() + 1;
             replayed += 1;
+            progress.tick(replayed, next_sequence);
         }
         return Ok(Recovered {
             state,
@@ -946,6 +1058,7 @@ fn replay_into<L: Logic>(
                 }
                 next_sequence = r.sequence + 1;
                 replayed += 1;
+                progress.tick(replayed, next_sequence);
             });
             if failed.is_some() {
                 // Stop the reader: dropping the poller halts the ring under it.
@@ -971,6 +1084,25 @@ fn replay_into<L: Logic>(
         snapshot: from,
         replayed,
     })
+}
+
+/// How far recovery has got, reported to [`Pipeline::on_recovery_progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryProgress {
+    /// The snapshot loaded, by its next sequence.
+    pub snapshot: Option<u64>,
+    /// Journal records replayed so far.
+    pub replayed: u64,
+    /// The sequence of the next record to replay.
+    pub next_sequence: u64,
+    /// Where the journal ended when recovery began (or `next_sequence`, if the journal has
+    /// grown since): the replay is done when `next_sequence` reaches it.
+    pub end_sequence: u64,
+    /// Time since recovery began, loading the snapshot included.
+    pub elapsed: Duration,
+    /// The replay has ended: this is the last report.
+    pub done: bool,
 }
 
 /// What recovery did when a pipeline started.

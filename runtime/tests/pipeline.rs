@@ -594,3 +594,82 @@ macro_rules! in_layout {
 in_layout!(parallel, Layout::Parallel);
 in_layout!(fused, Layout::Fused);
 in_layout!(inline, Layout::Inline);
+
+/// A logic that takes at least a microsecond per command, so that a replay of a few
+/// hundred thousand commands lasts long enough to be reported on along the way.
+#[derive(Debug, Default)]
+struct Slow {
+    applied: u64,
+}
+
+impl Snapshot for Slow {
+    fn save(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.applied.to_le_bytes());
+    }
+    fn load(bytes: &[u8]) -> Result<Self, BoxError> {
+        let applied = u64::from_le_bytes(bytes.try_into().map_err(|_| "not a Slow snapshot")?);
+        Ok(Slow { applied })
+    }
+}
+
+impl Logic for Slow {
+    type Command = ();
+
+    fn decode(_: &[u8]) {}
+
+    fn apply(&mut self, _: &(), _: &mut Reply<'_>) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_micros(1) {
+            std::hint::spin_loop();
+        }
+        self.applied += 1;
+    }
+}
+
+#[test]
+fn recovery_reports_its_progress_and_its_end() {
+    use peregrine::journal::{Appender, Config};
+    use peregrine::pipeline::RecoveryProgress;
+    use std::sync::{Arc, Mutex};
+
+    const RECORDS: u64 = 400_000;
+    let dir = temp("recovery-progress");
+    let (mut appender, _) =
+        Appender::open(dir.join("journal"), Config::default().segment_size(4 << 20)).unwrap();
+    for i in 0..RECORDS {
+        appender.append(&i.to_le_bytes()).unwrap();
+    }
+    drop(appender);
+
+    let seen: Arc<Mutex<Vec<RecoveryProgress>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let recovered = Pipeline::new(&dir)
+        .on_recovery_progress(move |p| sink.lock().unwrap().push(*p))
+        .recover(Slow::default)
+        .unwrap();
+    assert_eq!(recovered.state.applied, RECORDS);
+
+    let seen = seen.lock().unwrap();
+    let (last, along) = seen.split_last().expect("a final report");
+    assert!(last.done);
+    assert_eq!(
+        (last.replayed, last.next_sequence, last.end_sequence),
+        (RECORDS, RECORDS, RECORDS)
+    );
+    assert_eq!(last.snapshot, None);
+    // At least 400 ms of replay, reported at most every 100 ms, checked every 65,536
+    // records (65 ms here): at least two reports along the way.
+    assert!(along.len() >= 2, "{seen:?}");
+    for (i, p) in along.iter().enumerate() {
+        assert!(!p.done, "{p:?}");
+        assert_eq!(p.end_sequence, RECORDS, "known from the start: {p:?}");
+        assert!(p.replayed > 0 && p.replayed < RECORDS, "{p:?}");
+        assert_eq!(p.next_sequence, p.replayed, "no snapshot: {p:?}");
+        if i > 0 {
+            assert!(p.replayed > along[i - 1].replayed, "{seen:?}");
+            assert!(p.elapsed >= along[i - 1].elapsed + Duration::from_millis(100));
+        }
+    }
+    drop(seen);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use peregrine::journaled::Recovered;
-use peregrine::pipeline::Running;
+use peregrine::pipeline::{RecoveryProgress, Running};
 use peregrine::ring::BoxError;
 use peregrine::signals::ShutdownSignal;
 use peregrine_examples::engine::{load, pipeline, Books};
@@ -64,7 +64,9 @@ fn start(
     instruments: u32,
     snapshot_every: u64,
 ) -> Result<Running<Books>, BoxError> {
-    let running = pipeline(dir, listen, snapshot_every).start(|| Books::new(instruments))?;
+    let running = pipeline(dir, listen, snapshot_every)
+        .on_recovery_progress(show_recovery)
+        .start(|| Books::new(instruments))?;
     let r = running.recovery();
     println!(
         "engine: recovered (snapshot {:?}, {} journal records replayed in {:.1} ms); next sequence {}",
@@ -84,7 +86,24 @@ fn start(
 
 fn recover_books(dir: &Path, instruments: u32) -> Result<Recovered<Books>, BoxError> {
     let listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    Ok(pipeline(dir, listen, 0).recover(|| Books::new(instruments))?)
+    Ok(pipeline(dir, listen, 0)
+        .on_recovery_progress(show_recovery)
+        .recover(|| Books::new(instruments))?)
+}
+
+/// A line on stderr for each report along a replay long enough to get one (a tenth of a
+/// second or more); the summary after it comes from the caller.
+fn show_recovery(p: &RecoveryProgress) {
+    if !p.done {
+        eprintln!(
+            "engine: recovering: at journal sequence {} of {} ({:.0}%, {} replayed) after {:.1} s",
+            p.next_sequence,
+            p.end_sequence,
+            100.0 * p.next_sequence as f64 / p.end_sequence.max(1) as f64,
+            p.replayed,
+            p.elapsed.as_secs_f64()
+        );
+    }
 }
 
 fn main() {

@@ -179,6 +179,14 @@ fn segment_roll_and_seek_everywhere() {
     assert_eq!(report.segments as u64, appender.segment_index() + 1);
 }
 
+/// Flips a bit 4 KiB before the end of a full segment file: inside its records.
+fn damage_a_record(segment: &std::path::Path) {
+    let mut bytes = std::fs::read(segment).unwrap();
+    let at = bytes.len() - 4096;
+    bytes[at] ^= 0x40;
+    std::fs::write(segment, &bytes).unwrap();
+}
+
 #[test]
 fn verify_reports_progress_after_each_segment_and_stops_at_corruption() {
     let dir = TempDir::new("verify-progress");
@@ -216,10 +224,7 @@ fn verify_reports_progress_after_each_segment_and_stops_at_corruption() {
         .collect();
     names.sort();
     let third = &names[2];
-    let mut bytes = std::fs::read(third).unwrap();
-    let at = bytes.len() - 4096;
-    bytes[at] ^= 0x40;
-    std::fs::write(third, &bytes).unwrap();
+    damage_a_record(third);
     seen.clear();
     let err = verify_with_progress(dir.path(), |p| seen.push(*p)).unwrap_err();
     assert_eq!(seen.len(), 2, "{seen:?}");
@@ -252,11 +257,7 @@ fn seek_end_reads_only_what_follows() {
 
     // Only the end is read: a damaged record in the first segment does not stop it (a
     // scan from the start would fail there).
-    let first = dir.path().join(format!("{:020}.seg", 0));
-    let mut bytes = std::fs::read(&first).unwrap();
-    let at = bytes.len() - 4096;
-    bytes[at] ^= 0x40;
-    std::fs::write(&first, &bytes).unwrap();
+    damage_a_record(&dir.path().join(format!("{:020}.seg", 0)));
     assert!(verify(dir.path()).is_err());
     let mut reader = Reader::open(dir.path()).unwrap();
     assert_eq!(reader.seek_end().unwrap(), 5001);

@@ -187,19 +187,33 @@ fn tail_without_from_starts_after_the_last_record() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
     let lines = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map(|l| l.unwrap())
-            .collect::<Vec<_>>()
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let _ = tx.send(());
+            lines.push(line);
+        }
+        lines
     });
-    // Appends keep coming until well after the tool has started, so it sees some of them
-    // whenever it reaches the end.
+    // Appends keep coming until the tool has printed one of them (however late it
+    // started), then five more.
     let (mut a, _) = Appender::open(&dir, Config::default().segment_size(64 * 1024)).unwrap();
-    for i in 3000..3040u64 {
-        a.append(&i.to_le_bytes()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut more = 5;
+    while more > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tool printed nothing"
+        );
+        a.append(&a.next_sequence().to_le_bytes()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(25));
+        if rx.try_recv().is_ok() || more < 5 {
+            more -= 1;
+        }
     }
+    let last = a.next_sequence() - 1;
     drop(a);
     assert!(child.wait().unwrap().success());
     let lines = lines.join().unwrap();
@@ -215,7 +229,7 @@ fn tail_without_from_starts_after_the_last_record() {
         sequences[0] >= 3000,
         "nothing from before the start: {lines:?}"
     );
-    assert_eq!(*sequences.last().unwrap(), 3039);
+    assert_eq!(*sequences.last().unwrap(), last);
     assert!(sequences.windows(2).all(|w| w[1] == w[0] + 1), "{lines:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

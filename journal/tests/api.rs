@@ -11,6 +11,15 @@ use peregrine_journal::{
     OpenError, Pretouch, ReadError, Reader, Retention, Tailer, TailerWait, VerifyProgress,
 };
 
+/// An appender on `dir` (small segments) that has appended `pattern(0 .. records)`.
+fn filled(dir: &std::path::Path, records: u64) -> Appender {
+    let (mut appender, _) = Appender::open(dir, small_config()).unwrap();
+    for s in 0..records {
+        appender.append(&pattern(s)).unwrap();
+    }
+    appender
+}
+
 fn read_all(dir: &std::path::Path, from: u64) -> Vec<(u64, Vec<u8>)> {
     let mut reader = Reader::open(dir).unwrap();
     reader.seek(from).unwrap();
@@ -158,10 +167,7 @@ fn panic_inside_batch_leaves_no_hole() {
 #[test]
 fn segment_roll_and_seek_everywhere() {
     let dir = TempDir::new("roll");
-    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
-    for s in 0..5000 {
-        appender.append(&pattern(s)).unwrap();
-    }
+    let mut appender = filled(dir.path(), 5000);
     assert!(appender.segment_index() >= 5, "rolled several times");
     let mut reader = Reader::open(dir.path()).unwrap();
     for target in (0..5000).step_by(97).chain([4999, 0, 1]) {
@@ -190,10 +196,7 @@ fn damage_a_record(segment: &std::path::Path) {
 #[test]
 fn verify_reports_progress_after_each_segment_and_stops_at_corruption() {
     let dir = TempDir::new("verify-progress");
-    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
-    for s in 0..5000 {
-        appender.append(&pattern(s)).unwrap();
-    }
+    let appender = filled(dir.path(), 5000);
     drop(appender);
     let mut seen: Vec<VerifyProgress> = Vec::new();
     let report = verify_with_progress(dir.path(), |p| seen.push(*p)).unwrap();
@@ -431,10 +434,7 @@ fn durability_watermarks() {
 #[test]
 fn sync_under_none_covers_rolled_segments() {
     let dir = TempDir::new("sync-none");
-    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
-    for s in 0..3000 {
-        appender.append(&pattern(s)).unwrap();
-    }
+    let mut appender = filled(dir.path(), 3000);
     assert!(appender.segment_index() > 0);
     assert_eq!(appender.durable_watermark(), 0);
     assert_eq!(appender.sync().unwrap(), 3000);
@@ -458,10 +458,7 @@ fn second_writer_rejected() {
 #[test]
 fn cursors_persist_and_resume() {
     let dir = TempDir::new("cursor");
-    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
-    for s in 0..3000 {
-        appender.append(&pattern(s)).unwrap();
-    }
+    let appender = filled(dir.path(), 3000);
     // First run: process 0..1234, committing every 100 and at the end.
     let mut processed = Vec::new();
     {
@@ -523,10 +520,7 @@ fn corrupt_cursor_file_is_an_error_with_path() {
 #[test]
 fn retention_while_a_reader_holds_an_old_segment() {
     let dir = TempDir::new("retention");
-    let (mut appender, _) = Appender::open(dir.path(), small_config()).unwrap();
-    for s in 0..6000 {
-        appender.append(&pattern(s)).unwrap();
-    }
+    let mut appender = filled(dir.path(), 6000);
     let segments_before = appender.segment_index() + 1;
     assert!(segments_before >= 6);
     let mut reader = Reader::open(dir.path()).unwrap();

@@ -200,7 +200,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 match from {
                     Some(s) => reader.seek(s).map_err(|e| e.to_string())?,
                     // Only the end of the last segment is read, however long the journal.
-                    None => drop(reader.seek_end().map_err(|e| e.to_string())?),
+                    None => {
+                        reader.seek_end().map_err(|e| e.to_string())?;
+                    }
                 }
                 let mut tailer = Tailer::from_reader(reader);
                 let mut idle_since = Instant::now();

@@ -564,6 +564,43 @@ fn huge_mapped_mib() -> u64 {
         .map_or(0, |kib| kib >> 10)
 }
 
+/// Clears the accessed bits of this process's page-table entries for every mapping of a file
+/// under `dir` (`MADV_COLD`, which also moves the pages to the inactive list), as a scanner
+/// sampling which memory is in use does; returns the bytes advised. The mappings are the
+/// appender's own: `/proc/self/maps` lists them with their files.
+fn clear_accessed_bits(dir: &Path) -> usize {
+    let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
+        return 0;
+    };
+    let dir = dir.to_string_lossy();
+    let mut advised = 0;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(path)) = (fields.next(), fields.nth(4)) else {
+            continue;
+        };
+        if !path.starts_with(dir.as_ref()) {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: `MADV_COLD` is only advice: it changes no contents and no mapping, and the
+        // range is one this process has mapped (read from its own maps just now).
+        let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_COLD) };
+        if rc == 0 {
+            advised += end - start;
+        }
+    }
+    advised
+}
+
 /// Largest runway (segments prepared before the run) the bench asks for: the run's whole
 /// volume at 64 B and 256 B in the full plan, not at 1 KiB (4.4 GB of page cache and disk).
 const MAX_RUNWAY_BYTES: u64 = 1536 << 20;
@@ -587,14 +624,42 @@ fn runway_scenarios(root: &Path, plan: Plan, payload: usize, floors: Option<(f64
         return;
     }
     let data = vec![0xA5u8; payload];
-    let open = |tag: &str| {
+    let open = |tag: &str, touch_ahead: bool| {
         let dir = root.join(format!("runway-{tag}-{payload}"));
-        let config = journal_config(plan, Durability::None).prepare_ahead(segments);
+        let config = journal_config(plan, Durability::None)
+            .prepare_ahead(segments)
+            .touch_ahead(touch_ahead);
         let (mut appender, _) = Appender::open(&dir, config).expect("open journal");
         appender.wait_prepared().expect("prepare runway");
         (dir, appender)
     };
-    let (dir, mut appender) = open("single");
+    // A scan of the runway after it was prepared, as a proactive-reclaim or tiering scanner
+    // (DAMON) does: the accessed bits of its page-table entries are cleared. With and
+    // without the background thread touching ahead of the appender (`Config::touch_ahead`).
+    for touch_ahead in [false, true] {
+        let tag = if touch_ahead {
+            "scanned-touch"
+        } else {
+            "scanned"
+        };
+        let (dir, mut appender) = open(tag, touch_ahead);
+        let scanned = clear_accessed_bits(&dir);
+        let m = measure_appends(&mut appender, plan.records, &data);
+        drop(appender);
+        let _ = fs::remove_dir_all(&dir);
+        print_row(
+            &format!(
+                "journal append, runway, accessed bits of {} MiB cleared first (MADV_COLD), touch ahead {}",
+                scanned >> 20,
+                if touch_ahead { "on" } else { "off" }
+            ),
+            &size,
+            "none",
+            &m,
+            floors,
+        );
+    }
+    let (dir, mut appender) = open("single", true);
     let m = measure_appends(&mut appender, plan.records, &data);
     let rolls = appender.segment_index();
     drop(appender);
@@ -606,7 +671,7 @@ fn runway_scenarios(root: &Path, plan: Plan, payload: usize, floors: Option<(f64
         &m,
         floors,
     );
-    let (dir, mut appender) = open("batch");
+    let (dir, mut appender) = open("batch", true);
     let m = measure_batches(&mut appender, plan.records, &data);
     let rolls = appender.segment_index();
     drop(appender);

@@ -213,6 +213,19 @@ pub(crate) fn prepare(
     prefault: bool,
     huge_pages: bool,
 ) -> Result<Prepared, Fault> {
+    prepare_with(dir, index, size, prefault, huge_pages, || {})
+}
+
+/// As [`prepare`], calling `between` after each 2 MiB pre-faulted (the background thread
+/// follows the appender in between, see `Follower` in the appender).
+pub(crate) fn prepare_with(
+    dir: &Path,
+    index: u64,
+    size: u64,
+    prefault: bool,
+    huge_pages: bool,
+    mut between: impl FnMut(),
+) -> Result<Prepared, Fault> {
     let path = dir.join(format::prepared_name(index));
     match fs::remove_file(&path) {
         Ok(()) => {}
@@ -249,9 +262,15 @@ pub(crate) fn prepare(
         huge_pages,
     };
     if prefault {
-        prepared
-            .prefault(0, size as usize)
-            .map_err(Fault::io(&prepared.path))?;
+        let size = size as usize;
+        let mut at = 0;
+        while at < size {
+            prepared
+                .prefault(at, PREFAULT_STEP)
+                .map_err(Fault::io(&prepared.path))?;
+            at += PREFAULT_STEP;
+            between();
+        }
     }
     Ok(prepared)
 }
@@ -297,6 +316,10 @@ impl Prepared {
 
 /// Bytes in a huge page (a PMD mapping) on x86-64 and most aarch64 kernels.
 const HUGE_PAGE: usize = 2 << 20;
+
+/// Bytes [`prepare_with`] pre-faults between two calls of its `between`: a huge page, so
+/// that the steps stay aligned to the chunks [`Prepared::prefault`] writes.
+const PREFAULT_STEP: usize = HUGE_PAGE;
 
 /// Reserves disk blocks for the whole file so that a full disk is an error now, not a
 /// `SIGBUS` on some later append. Falls back to `set_len` where `fallocate` is unsupported.

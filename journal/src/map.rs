@@ -11,8 +11,9 @@
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
-use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
+use memmap2::{Advice, Mmap, MmapOptions, MmapRaw};
 
 /// Bytes in a cache line on the CPUs the journal targets: the stride of
 /// [`SegmentMap::prefetch_range`].
@@ -36,9 +37,12 @@ const CACHE_LINE: usize = 64;
 ///
 /// Under those rules the bytes behave like memory that another thread of this process writes
 /// before a `Release` store, which is what the atomics below synchronise with.
+///
+/// The mapping is reference counted only so that a [`PageToucher`] can keep it mapped; the
+/// `SegmentMap` is the only handle that reads or writes its bytes.
 #[derive(Debug)]
 pub(crate) struct SegmentMap {
-    map: MmapMut,
+    map: Arc<MmapRaw>,
 }
 
 impl SegmentMap {
@@ -48,21 +52,35 @@ impl SegmentMap {
     ///
     /// See the type-level `# Safety` section of [`SegmentMap`].
     pub(crate) unsafe fn new(file: &File) -> io::Result<Self> {
-        // SAFETY: the caller upholds the contract in the type-level `# Safety` section.
-        let map = unsafe { MmapOptions::new().map_mut(file)? };
-        Ok(Self { map })
+        // Mapping is safe in itself here (`MmapRaw` hands out no references); the accessors
+        // below rely on the caller upholding the type-level `# Safety` contract.
+        let map = MmapOptions::new().map_raw(file)?;
+        Ok(Self { map: Arc::new(map) })
     }
 
     /// The whole segment.
     #[inline]
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.map
+        // SAFETY: the mapping is `len` bytes, readable, and stays mapped while `self` (one of
+        // its `Arc`s) lives. The shared-file contract is in the type-level `# Safety`; a
+        // `PageToucher` never creates a reference to these bytes and never writes them.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
     }
 
     /// The whole segment, writable.
     #[inline]
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.map
+        // SAFETY: as in `bytes`, and the mapping is writable. `&mut self` makes this the only
+        // reference to the bytes in this process: the `SegmentMap` is their only Rust handle
+        // (a `PageToucher` only issues loads whose value is discarded, see its `touch`).
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr(), self.map.len()) }
+    }
+
+    /// A handle that keeps this mapping mapped and touches its pages from another thread.
+    pub(crate) fn toucher(&self) -> PageToucher {
+        PageToucher {
+            map: Arc::clone(&self.map),
+        }
     }
 
     /// Publishes a length word with `Release`: pairs with the `Acquire` load in
@@ -131,7 +149,7 @@ impl SegmentMap {
     /// Panics if `offset` is not 4-byte aligned or not inside the segment.
     #[inline]
     pub(crate) fn load_u32(&self, offset: usize) -> u32 {
-        load_u32(&self.map, offset)
+        load_u32(self.bytes(), offset)
     }
 
     /// Publishes a sparse index slot with `Release`, after the record it points to; pairs
@@ -156,7 +174,7 @@ impl SegmentMap {
     /// Panics if `offset` is not 8-byte aligned or not inside the segment.
     #[inline]
     pub(crate) fn load_u64(&self, offset: usize) -> u64 {
-        load_u64(&self.map, offset)
+        load_u64(self.bytes(), offset)
     }
 
     /// `msync(MS_SYNC)` of the pages covering `offset .. offset + len`.
@@ -211,6 +229,81 @@ impl SegmentMap {
             at += 4096;
         }
     }
+}
+
+/// A handle on an appender's mapping of a segment, held by the appender's background thread:
+/// it keeps the mapping mapped and can only [`touch`](Self::touch) its pages.
+#[derive(Debug, Clone)]
+pub(crate) struct PageToucher {
+    map: Arc<MmapRaw>,
+}
+
+impl PageToucher {
+    /// Bytes in the mapping.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Loads one byte of every 4 KiB page that `offset .. offset + len` (clamped to the
+    /// mapping) starts in, and discards it.
+    ///
+    /// The load goes through the page-table entries of the appender's mapping, which makes
+    /// the CPU set their accessed bits. Memory-tiering and proactive-reclaim scanners (DAMON,
+    /// idle page tracking, `MADV_COLD`) clear those bits to sample which memory is in use,
+    /// and an entry found clear costs the next access to its page a second, slower page walk
+    /// that sets the bit again: about 200 ns on the reference machine, which the appender's
+    /// prefetch cannot hide because a prefetch does not set the bit. A store needs the bit
+    /// set; touching pages just ahead of the appender moves that cost to this thread.
+    pub(crate) fn touch(&self, offset: usize, len: usize) {
+        let end = offset.saturating_add(len).min(self.map.len());
+        let mut at = offset & !(TOUCH_PAGE - 1);
+        let base = self.map.as_ptr();
+        while at < end {
+            // SAFETY: `at < end <= len`, so `ptr` is inside the mapping, which `self.map` keeps
+            // mapped; the journal never truncates a mapped segment file (`SegmentMap`'s
+            // `# Safety`). The appender may be writing this byte at the same moment: the loaded
+            // value goes to a scratch register the program never reads, so no value of it can
+            // influence the program (on the hardware, a load racing a store to write-back memory
+            // returns one of the two values and has no other effect).
+            unsafe { load_and_discard(base.wrapping_add(at)) };
+            at += TOUCH_PAGE;
+        }
+    }
+}
+
+/// The page size [`PageToucher::touch`] steps by: the smallest on the targets.
+const TOUCH_PAGE: usize = 4096;
+
+/// Loads the byte at `ptr` into a scratch register and discards it.
+///
+/// # Safety
+///
+/// `ptr` must point into memory that is mapped and readable.
+#[inline]
+unsafe fn load_and_discard(ptr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller guarantees `ptr` is readable; the asm reads one byte from it into a
+    // register it declares clobbered and touches nothing else.
+    unsafe {
+        std::arch::asm!(
+            "movzx {scratch:e}, byte ptr [{ptr}]",
+            ptr = in(reg) ptr,
+            scratch = out(reg) _,
+            options(nostack, preserves_flags, readonly),
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above.
+    unsafe {
+        std::arch::asm!(
+            "ldrb {scratch:w}, [{ptr}]",
+            ptr = in(reg) ptr,
+            scratch = out(reg) _,
+            options(nostack, preserves_flags, readonly),
+        );
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = ptr;
 }
 
 /// A read-only shared mapping of a whole segment file, used by readers, tailers and `verify`.

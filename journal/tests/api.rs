@@ -693,6 +693,51 @@ fn wait_prepared_readies_the_whole_runway_and_rolls_use_it() {
 }
 
 #[test]
+fn touching_ahead_follows_the_appender_through_many_rolls_and_changes_nothing() {
+    // The background thread touches pages just ahead of the appender through its mapping,
+    // across rolls and into prepared segments, while the appender writes and retires them.
+    // Bursts with pauses between them let its periodic turns land at every point of a
+    // segment; records of every size straddle pages and segment ends. Run with the
+    // follower on (the default) and off: the journals must read back the same.
+    for touch_ahead in [true, false] {
+        let dir = TempDir::new("touch-ahead");
+        let config = small_config()
+            .segment_size(64 << 10)
+            .prepare_ahead(3)
+            .touch_ahead(touch_ahead);
+        assert_eq!(config.get_touch_ahead(), touch_ahead);
+        let (mut appender, _) = Appender::open(dir.path(), config).unwrap();
+        // Up to 699 bytes, so records straddle pages and segment ends.
+        let payload = |sequence: u64| -> Vec<u8> {
+            let len = (sequence * 131 % 700) as usize;
+            (0..len).map(|i| (sequence as u8) ^ (i as u8)).collect()
+        };
+        let mut written = 0u64;
+        for burst in 0..40u64 {
+            for _ in 0..(50 + burst * 37 % 300) {
+                assert_eq!(appender.append(&payload(written)).unwrap(), written);
+                written += 1;
+            }
+            if burst % 4 == 0 {
+                std::thread::sleep(Duration::from_millis(6));
+            }
+        }
+        assert!(
+            appender.segment_index() > 20,
+            "rolled {}",
+            appender.segment_index()
+        );
+        drop(appender);
+        let records = read_all(dir.path(), 0);
+        assert_eq!(records.len() as u64, written);
+        for (sequence, bytes) in records {
+            assert_eq!(bytes, payload(sequence), "record {sequence}");
+        }
+        assert_eq!(verify(dir.path()).unwrap().next_sequence, written);
+    }
+}
+
+#[test]
 fn wait_prepared_in_the_other_pretouch_modes() {
     let dir = TempDir::new("runway-modes");
     let (mut idle, _) = Appender::open(

@@ -811,7 +811,7 @@ impl Appender {
                 self.active.map.store_u64(slot_offset(slot), value);
             }
             self.next_slot = block + 1;
-            self.progress.set(self.active.header.index, offset);
+            self.progress.set(self.active.header.index, self.offset);
             // The slots of the next cache line are written about 8 blocks from now; fetch
             // that line now so the first of them does not wait for memory.
             self.active
@@ -911,7 +911,7 @@ impl Appender {
                 Follower::new(
                     Arc::clone(&self.progress),
                     self.followed(),
-                    self.active.header.index_block as usize,
+                    self.config.index_block as usize,
                 )
             });
             self.pretoucher = Pretoucher::start(
@@ -920,6 +920,7 @@ impl Appender {
                 self.config.use_huge_pages(),
                 self.config.prepare_ahead,
                 follower,
+                Arc::clone(&self.progress),
             );
         }
         let active = self.active.header.index;
@@ -1035,6 +1036,7 @@ impl Appender {
         Followed {
             index: self.active.header.index,
             pages: self.active.map.toucher(),
+            block: self.active.header.index_block as usize,
         }
     }
 
@@ -1287,24 +1289,31 @@ impl Pretoucher {
         huge_pages: bool,
         ahead: usize,
         mut follower: Option<Follower>,
+        progress: Arc<Progress>,
     ) -> Option<Pretoucher> {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (ready_tx, ready) = mpsc::channel();
+        let mut retired = Retired::new(progress, MAX_RETIRED_BYTES.max(segment_size as usize));
         let handle = std::thread::Builder::new()
             .name("journal-pretouch".into())
             .spawn(move || {
                 unpin_current_thread();
                 loop {
-                    let job = match &mut follower {
-                        None => job_rx.recv().map_err(|_| ()),
-                        Some(follower) => match job_rx.recv_timeout(follower.period()) {
+                    let timed = follower.is_some() || !retired.is_empty();
+                    let job = if timed {
+                        match job_rx.recv_timeout(FOLLOW_PERIOD) {
                             Ok(job) => Ok(job),
                             Err(mpsc::RecvTimeoutError::Timeout) => {
-                                let _ = follower.touch();
+                                if let Some(follower) = &mut follower {
+                                    let _ = follower.touch();
+                                }
+                                retired.tick();
                                 continue;
                             }
                             Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
-                        },
+                        }
+                    } else {
+                        job_rx.recv().map_err(|_| ())
                     };
                     let Ok(job) = job else { break };
                     match job {
@@ -1328,11 +1337,14 @@ impl Pretoucher {
                                 break;
                             }
                         }
-                        Job::Rolled { retired, entered } => {
+                        Job::Rolled {
+                            retired: left,
+                            entered,
+                        } => {
                             if let Some(follower) = &mut follower {
                                 follower.rolled(entered);
                             }
-                            drop(retired);
+                            retired.push(left);
                         }
                     }
                     if let Some(follower) = &mut follower {
@@ -1365,10 +1377,15 @@ impl Pretoucher {
 }
 
 /// The appender's write position, for its background thread: the active segment's index
-/// (its low 32 bits) in the high half, and in the low half the offset of the last index
-/// block the appender started there (segments are at most 2 GiB). A hint, on its own cache
-/// line: nothing is published through it, and a stale value only makes
-/// [`Follower::touch`] touch from an earlier position or skip one turn.
+/// (its low 32 bits) in the high half, and in the low half where the appender's next record
+/// goes, as of the last record that started an index block (segments are at most 2 GiB).
+///
+/// A hint, on its own cache line, with one writer and one reader. Its loads and stores are
+/// `Relaxed` and pair with nothing: nothing is published through it and no memory access is
+/// safe only because of its value (any value, even a torn or stale one, leads to loads that
+/// are clamped to a live mapping, see [`PageToucher::touch`]). It is therefore no atomic
+/// protocol and has no loom model. A stale value only makes [`Follower::touch`] touch from
+/// an earlier position, or skip a turn.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Progress(AtomicU64);
@@ -1388,17 +1405,83 @@ impl Progress {
     }
 }
 
+/// Most bytes of segments the appender has left that [`Retired`] keeps mapped.
+const MAX_RETIRED_BYTES: usize = 1 << 30;
+
+/// Segments the appender has left, kept mapped on the background thread until the appender
+/// pauses. Unmapping a segment whose pages are dirty makes the kernel flush the TLB of
+/// every CPU the process runs on, once per 2 MiB: each an interrupt of several microseconds
+/// on the appending core in a virtual machine, 16 per 32 MiB segment, which were about half
+/// of the slowest 0.01% of 64-byte appends once the accessed-bit stalls were gone. They are
+/// unmapped together once the appender has not moved for a [`FOLLOW_PERIOD`], and the
+/// oldest at once beyond [`MAX_RETIRED_BYTES`] (at least one is always unmapped at a roll
+/// past that).
+#[derive(Debug)]
+struct Retired {
+    segments: VecDeque<Box<Active>>,
+    bytes: usize,
+    /// At most this many bytes stay mapped.
+    cap: usize,
+    progress: Arc<Progress>,
+    /// The appender's position at the last tick.
+    last: (u32, usize),
+}
+
+impl Retired {
+    fn new(progress: Arc<Progress>, cap: usize) -> Self {
+        Retired {
+            segments: VecDeque::new(),
+            bytes: 0,
+            cap,
+            last: progress.get(),
+            progress,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// The appender left `segment`.
+    fn push(&mut self, segment: Box<Active>) {
+        self.bytes += segment.map.bytes().len();
+        self.segments.push_back(segment);
+        while self.bytes > self.cap {
+            match self.segments.pop_front() {
+                Some(oldest) => self.bytes -= oldest.map.bytes().len(),
+                None => break,
+            }
+        }
+    }
+
+    /// A timed turn: unmaps every retired segment when the appender has not moved since the
+    /// last one.
+    fn tick(&mut self) {
+        let now = self.progress.get();
+        if now == self.last {
+            self.segments.clear();
+            self.bytes = 0;
+        }
+        self.last = now;
+    }
+}
+
 /// A segment the appender writes (or will write), as the [`Follower`] holds it: the handle
 /// keeps the mapping mapped for as long as the follower may touch it.
 #[derive(Debug)]
 struct Followed {
     index: u64,
     pages: PageToucher,
+    /// The segment's index block: how far behind the appender [`Progress`] may be there.
+    block: usize,
 }
 
-/// How often the [`Follower`] touches ahead while the appender moves. Each wake-up of the
-/// background thread costs the appending core a little too where the two share a physical
-/// core or a cache, so turns are few and each covers [`FOLLOW_LEAD`].
+/// How often the [`Follower`] touches ahead, and [`Retired`] looks whether the appender
+/// paused. Constant, also while the appender is idle: it cannot wake the thread when a burst
+/// starts without a system call on its hot path, and a thread that backed off while it was
+/// idle would sleep through the burst. Each wake-up of the background thread costs the
+/// appending core a little too where the two share a physical core or a cache, so turns are
+/// few and each covers [`FOLLOW_LEAD`].
 const FOLLOW_PERIOD: Duration = Duration::from_millis(5);
 
 /// How far ahead, in the appender's time at its recent rate, the [`Follower`] touches:
@@ -1407,8 +1490,8 @@ const FOLLOW_PERIOD: Duration = Duration::from_millis(5);
 /// machine's reclaim samples every 500 ms).
 const FOLLOW_LEAD: Duration = Duration::from_millis(10);
 
-/// How far past the appender's last index block (and that block) the [`Follower`] starts
-/// touching. Lines the appender is about to write, and has prefetched, must stay in its
+/// How far past the appender's published position (and an index block) the [`Follower`]
+/// starts touching. Lines the appender is about to write, and has prefetched, must stay in its
 /// cache: a load from this thread would take them back and make the appender's stores wait
 /// for them. What lies closer was touched by earlier turns (see [`follow_window`]).
 const FOLLOW_GAP: usize = 64 << 10;
@@ -1429,8 +1512,8 @@ struct Follower {
     active: Followed,
     /// Segments this thread prepared that the appender has not entered, oldest first.
     prepared: VecDeque<Followed>,
-    /// The active segment's index block: how far behind the appender `progress` may be.
-    block: usize,
+    /// The index block of the segments this thread prepares ([`Config::index_block`]).
+    prepared_block: usize,
     /// The position the last turn saw, and when.
     last: (u32, usize, Instant),
     /// Bytes touched per turn (see [`follow_window`]).
@@ -1438,28 +1521,27 @@ struct Follower {
 }
 
 impl Follower {
-    fn new(progress: Arc<Progress>, active: Followed, block: usize) -> Self {
+    fn new(progress: Arc<Progress>, active: Followed, prepared_block: usize) -> Self {
         let (index, offset) = progress.get();
         Follower {
             last: (index, offset, Instant::now()),
             progress,
             active,
             prepared: VecDeque::new(),
-            block,
+            prepared_block,
             window: FOLLOW_MAX_WINDOW,
         }
     }
 
-    /// How long the thread waits for a job before its next turn. Constant: the appender
-    /// cannot wake the thread when a burst starts without a system call on its hot path,
-    /// and a thread that backed off while it was idle would sleep through the burst.
-    fn period(&self) -> Duration {
-        FOLLOW_PERIOD
-    }
-
-    /// This thread prepared segment `index`.
+    /// This thread prepared segment `index`. It replaces an earlier one of the same index,
+    /// which the appender dropped (a roll that failed asks for the segment again).
     fn prepared(&mut self, index: u64, pages: PageToucher) {
-        self.prepared.push_back(Followed { index, pages });
+        self.prepared.retain(|p| p.index != index);
+        self.prepared.push_back(Followed {
+            index,
+            pages,
+            block: self.prepared_block,
+        });
     }
 
     /// The appender entered `entered`; segments before it are no longer touched.
@@ -1504,7 +1586,7 @@ impl Follower {
         let Some(current) = segments.next() else {
             return touched;
         };
-        let (from, to) = follow_range(offset, self.window, self.block);
+        let (from, to) = follow_range(offset, self.window, current.block);
         let len = current.pages.len();
         touched[0] = (current.index, from.min(len)..to.min(len));
         current.pages.touch(from, to - from);
@@ -1538,9 +1620,10 @@ fn follow_window(window: usize, advanced: usize, elapsed: Duration) -> usize {
         .clamp(FOLLOW_MIN_WINDOW, FOLLOW_MAX_WINDOW)
 }
 
-/// The bytes the [`Follower`] touches when the appender's last index block starts at
-/// `offset`: from [`FOLLOW_GAP`] past that block to `window` further, as offsets that may
-/// run past the end of the segment into the next one.
+/// The bytes the [`Follower`] touches when the appender's published position is `offset`
+/// in a segment whose index block is `block` (the appender may be up to a block, plus a
+/// record, further on): from a block and [`FOLLOW_GAP`] past it to `window` further, as
+/// offsets that may run past the end of the segment into the next one.
 fn follow_range(offset: usize, window: usize, block: usize) -> (usize, usize) {
     let from = offset.saturating_add(block).saturating_add(FOLLOW_GAP);
     (from, from.saturating_add(window))
@@ -1766,7 +1849,42 @@ mod tests {
         Followed {
             index: prepared.index,
             pages: prepared.map.toucher(),
+            block: 4096,
         }
+    }
+
+    #[test]
+    fn retired_segments_stay_mapped_until_the_appender_pauses_or_the_cap() {
+        let (dir, prepared) = segments("retired");
+        let config = Config::default().segment_size(1 << 20);
+        let progress = Arc::new(Progress::default());
+        progress.set(0, 100);
+        let mut retired = Retired::new(Arc::clone(&progress), 2 << 20);
+        // Mappings of this test's segment files in this process.
+        let mapped = || {
+            let maps = fs::read_to_string("/proc/self/maps").unwrap();
+            let dir = dir.to_string_lossy().into_owned();
+            maps.lines().filter(|l| l.contains(dir.as_str())).count()
+        };
+        for (sequence, prepared) in (0..).zip(prepared) {
+            let active = publish(&dir, prepared, sequence, &config, false).unwrap();
+            retired.push(Box::new(active));
+        }
+        // Three 1 MiB segments against a 2 MiB cap: the oldest went at once.
+        assert_eq!(retired.segments.len(), 2);
+        assert_eq!(retired.bytes, 2 << 20);
+        assert_eq!(retired.segments[0].header.index, 1);
+        assert_eq!(mapped(), 2);
+        // The appender moved since the last tick: nothing is unmapped.
+        progress.set(3, 4096);
+        retired.tick();
+        assert_eq!(mapped(), 2);
+        // It stood still for a whole tick: everything is.
+        retired.tick();
+        assert!(retired.is_empty());
+        assert_eq!(retired.bytes, 0);
+        assert_eq!(mapped(), 0);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1809,6 +1927,9 @@ mod tests {
         follower.rolled(followed(&prepared[1]));
         assert_eq!(follower.prepared.len(), 1);
         assert_eq!(follower.prepared[0].index, 2);
+        // A segment prepared again (after a failed roll) replaces the one of its index.
+        follower.prepared(2, prepared[2].map.toucher());
+        assert_eq!(follower.prepared.len(), 1);
         // A position in a segment the follower does not know touches nothing.
         progress.set(7, 4096);
         assert_eq!(follower.touch(), [(0, 0..0), (0, 0..0)]);

@@ -261,10 +261,12 @@ impl PageToucher {
         while at < end {
             // SAFETY: `at < end <= len`, so `ptr` is inside the mapping, which `self.map` keeps
             // mapped; the journal never truncates a mapped segment file (`SegmentMap`'s
-            // `# Safety`). The appender may be writing this byte at the same moment: the loaded
-            // value goes to a scratch register the program never reads, so no value of it can
-            // influence the program (on the hardware, a load racing a store to write-back memory
-            // returns one of the two values and has no other effect).
+            // `# Safety`). The appender may be writing this byte at the same moment, through a
+            // `&mut [u8]`: the loaded value goes to a scratch register the program never reads,
+            // so for the program the load is an operation with no effect (what it changes is
+            // outside the language: the cache line's state, the page-table entry's accessed bit
+            // and, for a page not yet faulted in, a read fault). It creates no reference and
+            // writes nothing, so it neither races with nor aliases the appender's accesses.
             unsafe { load_and_discard(base.wrapping_add(at)) };
             at += TOUCH_PAGE;
         }

@@ -154,6 +154,13 @@ impl Config {
     /// on any CPU the process is allowed, so it never time-slices with a busy-spinning
     /// appender pinned to its own core.
     ///
+    /// The same thread unmaps the segments the appender has left, once the appender has not
+    /// moved for 5 ms (and the oldest at once when more than 1 GiB of them is mapped):
+    /// unmapping a segment with dirty pages interrupts every core the process runs on, 16
+    /// times per 32 MiB, which is best done while the appender pauses. Until then they stay
+    /// mapped, which costs address space, not memory: their pages are in the page cache
+    /// either way.
+    ///
     /// See [`Config::huge_pages`] for preparing segments in 2 MiB pages.
     ///
     /// Pre-faulting for write marks the segment's (zeroed) pages dirty. When kernel writeback

@@ -338,7 +338,7 @@ fn round_trip(plan: &Plan) {
     let same_load = engine_p99 / echo_p99 as f64;
     println!(
         "\ntarget ({auto:?} layout, the default on this machine): engine p99 within 2x a bare loopback TCP exchange of the same message size at the same offered rate: {same_load:.2}x ({}); against the closed-loop ping-pong (one message in flight, no queueing): {:.0}x\n",
-        if same_load <= 2.0 { "met" } else { "missed" },
+        verdict(same_load <= 2.0),
         engine_p99 / pp_p99 as f64
     );
 }
@@ -443,8 +443,17 @@ fn replay(plan: &Plan) {
     let ratio = target.unwrap_or(0.0);
     println!(
         "\ntarget: replay into the books at 0.5x or more of the raw scan rate (venue-like flow): {ratio:.2}x ({})\n",
-        if ratio >= 0.5 { "met" } else { "missed" }
+        verdict(ratio >= 0.5)
     );
+}
+
+/// How a target line reads: quick mode (CI) runs too little to judge a target by.
+fn verdict(met: bool) -> &'static str {
+    match (quick(), met) {
+        (true, _) => "not judged in quick mode",
+        (false, true) => "met",
+        (false, false) => "missed",
+    }
 }
 
 fn main() {
